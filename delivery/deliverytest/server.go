@@ -24,8 +24,7 @@ type Server struct {
 	ln        net.Listener
 	serveDone chan struct{}
 
-	mu       sync.Mutex
-	changed  chan struct{} // closed and replaced on every change of the fields below
+	notifier // guards the fields below
 	closed   bool
 	sessions int
 	open     map[*countedConn]struct{}
@@ -90,7 +89,6 @@ func NewServer(tb testing.TB, script *Script) *Server {
 		script:    sc,
 		ln:        ln,
 		serveDone: make(chan struct{}),
-		changed:   make(chan struct{}),
 		open:      make(map[*countedConn]struct{}),
 		grey:      make(map[[2]string]int),
 	}
@@ -192,33 +190,6 @@ func (s *Server) WaitSessions(ctx context.Context, n int) error {
 // 421) before asserting on what the server saw.
 func (s *Server) WaitIdle(ctx context.Context) error {
 	return s.wait(ctx, "all connections closed", func() bool { return len(s.open) == 0 })
-}
-
-// wait calls cond under s.mu until it returns true or ctx ends.
-func (s *Server) wait(ctx context.Context, what string, cond func() bool) error {
-	for {
-		s.mu.Lock()
-		ok := cond()
-		ch := s.changed
-		s.mu.Unlock()
-		if ok {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("deliverytest: waiting for %s: %w", what, ctx.Err())
-		}
-	}
-}
-
-// update runs f under s.mu and wakes the waiters.
-func (s *Server) update(f func()) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	f()
-	close(s.changed)
-	s.changed = make(chan struct{})
 }
 
 // logf logs through tb unless the server is closed, so that a late
