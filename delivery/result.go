@@ -144,4 +144,10 @@ type Report struct {
 	DestinationReply Reply
 	DestinationStage Stage
 	DestinationErr   error
+	// TLS and Extensions describe the session that carried the last mail
+	// transaction: how it was protected, and the EHLO keywords its server
+	// offered after TLS (e.g. "DSN", "SIZE 10240000"). Without DSN, NOTIFY
+	// and RET were not passed on (RFC 3461 §4.2: a "relayed" DSN may be due).
+	TLS        TLSState
+	Extensions []string
 }

@@ -1,0 +1,164 @@
+package delivery
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// session is one SMTP connection, ready for mail transactions. It is used
+// by one goroutine at a time: the attempt that took it from the pool.
+type session struct {
+	dest     string
+	host     string // "mx.example.com[192.0.2.1]:25", for Results and logs
+	loopback bool
+	raw      net.Conn // the TCP connection under any TLS; closing it stops everything
+	wc       *wireConn
+	c        *smtp.Client
+	tls      TLSState
+	ext      []string // EHLO keywords after TLS, for Report.Extensions
+
+	transactions int  // mail transactions finished on this connection
+	broken       bool // closed, or in a state that must not be reused
+	// fromPool is set when the session came from the idle pool and has not
+	// yet answered MAIL in this attempt: if it fails before that, the
+	// server most likely closed it while idle, and the attempt takes a
+	// fresh connection instead.
+	fromPool bool
+	// needHello is set after go-smtp's Reset, which forgets the EHLO: the
+	// next transaction sends it explicitly, so that a failure is reported
+	// at the EHLO stage and not mistaken for a reply to MAIL.
+	needHello bool
+
+	stop      func() bool // unregisters the ctx watcher of the current attempt
+	idleSince time.Time
+	idleTimer *time.Timer
+}
+
+// bind ties the session to an attempt's ctx: the connection is closed when
+// ctx is done, which unblocks any read or write (go-smtp takes no
+// context), and every deadline is clamped to ctx's deadline.
+func (s *session) bind(ctx context.Context) {
+	s.stop = context.AfterFunc(ctx, func() { s.raw.Close() })
+	dl, _ := ctx.Deadline()
+	s.wc.ctxDeadline = dl
+}
+
+// unbind undoes bind. It reports false when ctx already closed the
+// connection.
+func (s *session) unbind() bool {
+	ok := true
+	if s.stop != nil {
+		ok = s.stop()
+		s.stop = nil
+	}
+	s.wc.ctxDeadline = time.Time{}
+	if !ok {
+		s.broken = true
+	}
+	return ok
+}
+
+// close drops the connection without a word: after a 421, a network error,
+// a protocol error, or to abort DATA without the final dot.
+func (s *session) close() {
+	s.broken = true
+	s.raw.Close()
+}
+
+// quit ends a healthy connection politely. It does not wait for the 221:
+// nothing depends on it, and a server that does not read must not make
+// Close block.
+func (s *session) quit() {
+	if !s.broken {
+		s.wc.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		fmt.Fprint(s.wc.Conn, "QUIT\r\n")
+	}
+	s.close()
+}
+
+// deadline returns now+d, clamped to the attempt's deadline.
+func (s *session) deadline(d time.Duration) time.Time {
+	return s.wc.clamp(time.Now().Add(d))
+}
+
+// wireConn is the net.Conn go-smtp's client talks through. It exists to
+// cover the client's gaps (DEPENDENCIES A4, A5):
+//
+//   - Read first replays pre, the synthetic greeting that lets
+//     smtp.NewClient start on a connection whose real greeting, EHLO and
+//     STARTTLS the engine already handled;
+//   - Read enforces ReplyLimits on every reply (go-smtp caps only the line
+//     length), counting from the last command written;
+//   - while block is set (message data), every Write re-arms the write
+//     deadline, because go-smtp sets no deadline while the body is written
+//     (RFC 5321 §4.5.3.2: a timeout per data block);
+//   - deadlines go-smtp sets are clamped to the attempt's ctx deadline;
+//   - the first write error is kept, to tell "the final dot was sent and
+//     the reply lost" (a possible duplicate, RFC 1047) from "the data never
+//     made it".
+type wireConn struct {
+	net.Conn
+	pre         []byte
+	lim         ReplyLimits
+	ctxDeadline time.Time
+	block       time.Duration
+	writeErr    error
+
+	replyBytes, replyLines, lineBytes int
+}
+
+func (c *wireConn) Read(p []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(p, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	n, err := c.Conn.Read(p)
+	for _, b := range p[:n] {
+		c.replyBytes++
+		c.lineBytes++
+		if b == '\n' {
+			c.replyLines++
+			c.lineBytes = 0
+		}
+	}
+	switch {
+	case c.lineBytes > c.lim.MaxLineBytes:
+		return 0, &ProtocolError{Reason: fmt.Sprintf("reply line longer than %d octets", c.lim.MaxLineBytes)}
+	case c.replyLines > c.lim.MaxLines:
+		return 0, &ProtocolError{Reason: fmt.Sprintf("reply has more than %d lines", c.lim.MaxLines)}
+	case c.replyBytes > c.lim.MaxBytes:
+		return 0, &ProtocolError{Reason: fmt.Sprintf("reply longer than %d octets", c.lim.MaxBytes)}
+	}
+	return n, err
+}
+
+func (c *wireConn) Write(p []byte) (int, error) {
+	// No pipelining: whatever is read after a command is its reply.
+	c.replyBytes, c.replyLines, c.lineBytes = 0, 0, 0
+	if c.block > 0 {
+		c.Conn.SetWriteDeadline(c.clamp(time.Now().Add(c.block)))
+	}
+	n, err := c.Conn.Write(p)
+	if err != nil && c.writeErr == nil {
+		c.writeErr = err
+	}
+	return n, err
+}
+
+func (c *wireConn) SetDeadline(t time.Time) error      { return c.Conn.SetDeadline(c.clamp(t)) }
+func (c *wireConn) SetReadDeadline(t time.Time) error  { return c.Conn.SetReadDeadline(c.clamp(t)) }
+func (c *wireConn) SetWriteDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(c.clamp(t)) }
+
+// clamp returns the earlier of t and the attempt's deadline; a zero t (no
+// deadline) becomes the attempt's deadline.
+func (c *wireConn) clamp(t time.Time) time.Time {
+	if !c.ctxDeadline.IsZero() && (t.IsZero() || t.After(c.ctxDeadline)) {
+		return c.ctxDeadline
+	}
+	return t
+}
