@@ -1,0 +1,367 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/outboundmail/outbound/queue"
+)
+
+// pair is a (message, destination) pair: what one lease covers.
+type pair struct {
+	message     string
+	destination string
+}
+
+// candidate is a row of claimCandidates.
+type candidate struct {
+	pair
+	nextAttempt time.Time
+	probe       bool
+}
+
+// Claim leases due work; see queue.Store.Claim for the contract. In one
+// short transaction it
+//
+//  1. picks candidate (message, destination) pairs without locking, walking
+//     the destinations that may be contacted (index range per destination:
+//     a blocked destination costs one probe however much mail waits for it);
+//  2. locks them with FOR UPDATE SKIP LOCKED, so that concurrent claimers on
+//     any node skip each other's pairs instead of waiting or double-leasing;
+//  3. locks the destinations it probes (SKIP LOCKED again: one winner);
+//  4. writes the lease on every due recipient of each pair (fresh fencing
+//     token, owner, Attempts+1, LastAttempt and NextAttempt = Now+LeaseFor)
+//     and moves probed destinations' NextAllowed to the end of the lease;
+//
+// and commits before returning, so all of it is durable before any SMTP
+// traffic. Claim never waits for another transaction's locks. Under
+// contention it may return fewer leases than are due (another worker got
+// them); it returns none only when it found none unlocked.
+func (s *Store) Claim(ctx context.Context, p queue.ClaimParams) ([]*queue.Lease, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	if p.LeaseFor <= 0 {
+		return nil, fmt.Errorf("postgres: claim: LeaseFor %v is not positive", p.LeaseFor)
+	}
+	limit := max(p.Limit, 1)
+	until := p.Now.Add(p.LeaseFor).Truncate(time.Microsecond) // as stored
+	var leases []*queue.Lease
+	err := s.inTx(ctx, 3, func(tx pgx.Tx) error {
+		var err error
+		leases, err = s.claim(ctx, tx, p, limit, until)
+		return err
+	})
+	if err != nil {
+		return nil, s.fail("claim", err)
+	}
+	return leases, nil
+}
+
+// claim is one attempt at Claim inside tx.
+func (s *Store) claim(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, limit int, until time.Time) ([]*queue.Lease, error) {
+	// Ask for more candidates than needed: some may be locked by others.
+	rows, err := tx.Query(ctx, s.q.claimCandidates, p.Now, 2*limit, nullTime(p.ExpireArrivedBefore))
+	if err != nil {
+		return nil, err
+	}
+	cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (candidate, error) {
+		var c candidate
+		err := row.Scan(&c.message, &c.destination, &c.nextAttempt, &c.probe)
+		return c, err
+	})
+	if err != nil || len(cands) == 0 {
+		return nil, err
+	}
+
+	msgs, dests := columns(cands, func(c candidate) pair { return c.pair })
+	rows, err = tx.Query(ctx, s.q.lockDeliveries, msgs, dests, p.Now)
+	if err != nil {
+		return nil, err
+	}
+	locked, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (pair, error) {
+		var pr pair
+		err := row.Scan(&pr.message, &pr.destination)
+		return pr, err
+	})
+	if err != nil || len(locked) == 0 {
+		return nil, err
+	}
+
+	// Probes: at most one lease per failing destination, and only for the
+	// claimer that locks its status row.
+	probing := make(map[string]bool)
+	for _, c := range cands {
+		if c.probe {
+			probing[c.destination] = false
+		}
+	}
+	if len(probing) > 0 {
+		var names []string
+		for _, pr := range locked {
+			if _, ok := probing[pr.destination]; ok {
+				names = append(names, pr.destination)
+			}
+		}
+		rows, err := tx.Query(ctx, s.q.lockProbes, names, p.Now)
+		if err != nil {
+			return nil, err
+		}
+		won, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, err
+		}
+		for _, name := range won {
+			probing[name] = true
+		}
+		locked = slices.DeleteFunc(locked, func(pr pair) bool {
+			won, probe := probing[pr.destination]
+			return probe && !won
+		})
+	}
+	if len(locked) > limit {
+		locked = locked[:limit] // oldest first (lockDeliveries' order)
+	}
+	if len(locked) == 0 {
+		return nil, nil
+	}
+
+	msgs, dests = columns(locked, func(pr pair) pair { return pr })
+	rows, err = tx.Query(ctx, s.q.claimRecipients, msgs, dests, p.Now, until, p.Owner)
+	if err != nil {
+		return nil, err
+	}
+	type leased struct {
+		pair
+		idx     int
+		address string
+		token   int64
+	}
+	got, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (leased, error) {
+		var l leased
+		err := row.Scan(&l.message, &l.destination, &l.idx, &l.address, &l.token)
+		return l, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, s.q.refreshDeliveries, msgs, dests); err != nil {
+		return nil, err
+	}
+
+	slices.SortFunc(got, func(a, b leased) int { return a.idx - b.idx })
+	byPair := make(map[pair]*queue.Lease, len(locked))
+	var probed, ids []string
+	for _, l := range got {
+		lease := byPair[l.pair]
+		if lease == nil {
+			lease = &queue.Lease{Destination: l.destination, Owner: p.Owner, Token: l.token, Until: until}
+			byPair[l.pair] = lease
+			if probing[l.destination] {
+				probed = append(probed, l.destination)
+			}
+			ids = append(ids, l.message)
+		}
+		lease.Recipients = append(lease.Recipients, l.address)
+	}
+	if len(probed) > 0 {
+		if _, err := tx.Exec(ctx, s.q.startProbes, probed, until); err != nil {
+			return nil, err
+		}
+	}
+	loaded, err := loadMessages(ctx, tx, &s.q, ids)
+	if err != nil {
+		return nil, err
+	}
+	byID := make(map[string]*queue.Message, len(loaded))
+	for _, m := range loaded {
+		byID[string(m.ID)] = m
+	}
+	leases := make([]*queue.Lease, 0, len(byPair))
+	for _, pr := range locked { // keep the oldest-first order
+		if lease := byPair[pr]; lease != nil {
+			lease.Message = byID[pr.message]
+			leases = append(leases, lease)
+		}
+	}
+	return leases, nil
+}
+
+// columns splits pairs into the two arrays unnest($1, $2) takes.
+func columns[T any](xs []T, f func(T) pair) (msgs, dests []string) {
+	msgs, dests = make([]string, len(xs)), make([]string, len(xs))
+	for i, x := range xs {
+		pr := f(x)
+		msgs[i], dests[i] = pr.message, pr.destination
+	}
+	return msgs, dests
+}
+
+// Finish records the outcome of a leased attempt; see queue.Store.Finish.
+//
+// Fencing: the lease is current only while every recipient it covers still
+// carries its token (and owner). A re-claim after expiry writes a new token;
+// Hold and Delete remove it. A worker paused past its lease therefore gets
+// queue.ErrLeaseLost and changes nothing. A lease that expired but was not
+// claimed again is still current: the attempt it covered is recorded.
+//
+// If a notification's body cannot be rewound (it is not an io.Seeker),
+// Finish does not rerun its transaction after a deadlock; it returns the
+// error instead.
+func (s *Store) Finish(ctx context.Context, p queue.FinishParams) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	if p.Lease == nil || p.Lease.Message == nil {
+		return errors.New("postgres: finish: no lease")
+	}
+	results := make([][]byte, len(p.Recipients))
+	for i, u := range p.Recipients {
+		switch u.State {
+		case queue.Deferred, queue.Delivered, queue.Failed, queue.Expired:
+		default:
+			return fmt.Errorf("postgres: finish: recipient %s: state %v is not an outcome", u.Address, u.State)
+		}
+		var err error
+		if results[i], err = encodeOutcome(u.Result); err != nil {
+			return fmt.Errorf("postgres: finish: %w", err)
+		}
+	}
+	var dest []any
+	if d := p.Destination; d != nil {
+		result, err := encodeOutcome(d.LastResult)
+		if err != nil {
+			return fmt.Errorf("postgres: finish: %w", err)
+		}
+		dest = []any{p.Lease.Destination, nullTime(d.NextAllowed), d.ConsecutiveFailures,
+			nullTime(d.FirstFailure), nullTime(d.LastFailure), result}
+	}
+	rewind, attempts := rewinder(p.Notifications), 3
+	if rewind == nil {
+		attempts = 1
+	}
+	err := s.inTx(ctx, attempts, func(tx pgx.Tx) error {
+		if rewind != nil {
+			if err := rewind(); err != nil {
+				return err
+			}
+		}
+		return s.finish(ctx, tx, p, results, dest)
+	})
+	if errors.Is(err, queue.ErrLeaseLost) {
+		return queue.ErrLeaseLost
+	}
+	if err != nil {
+		return s.fail("finish", err)
+	}
+	return nil
+}
+
+// finish is one attempt at Finish inside tx, taking locks in the order of
+// doc.go: message, delivery, recipients, then (new rows for notifications
+// and) the destination.
+func (s *Store) finish(ctx context.Context, tx pgx.Tx, p queue.FinishParams, results [][]byte, dest []any) error {
+	l := p.Lease
+	id := string(l.Message.ID)
+	if err := tx.QueryRow(ctx, s.q.lockMessage, id).Scan(new(string)); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return queue.ErrLeaseLost // deleted
+		}
+		return err
+	}
+	if _, err := tx.Exec(ctx, s.q.lockDelivery, id, l.Destination); err != nil {
+		return err
+	}
+	var n int
+	if err := tx.QueryRow(ctx, s.q.countLeased, id, l.Token, l.Owner).Scan(&n); err != nil {
+		return err
+	}
+	if n == 0 || n != len(l.Recipients) {
+		return queue.ErrLeaseLost
+	}
+
+	b := new(pgx.Batch)
+	for i, u := range p.Recipients {
+		b.Queue(s.q.finishRecipient, id, l.Token, u.Address, u.State.String(), u.NextAttempt, results[i],
+			u.PossibleDuplicate, u.DelayWarned).Exec(func(tag pgconn.CommandTag) error {
+			if tag.RowsAffected() == 0 {
+				return fmt.Errorf("recipient %s is not in lease %d", u.Address, l.Token)
+			}
+			return nil
+		})
+	}
+	b.Queue(s.q.endLease, id, l.Token)
+	b.Queue(s.q.refreshDeliveries, []string{id}, []string{l.Destination})
+	b.Queue(s.q.deleteMessageIfFinal, id)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+
+	for _, np := range p.Notifications {
+		if _, _, err := s.enqueue(ctx, tx, np); err != nil {
+			return err
+		}
+	}
+	if dest != nil {
+		b := new(pgx.Batch)
+		b.Queue(s.q.insertDestination, l.Destination)
+		b.Queue(s.q.updateDestination, dest...)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rewinder returns a function that seeks every notification body back to
+// where it started, or nil if some body cannot seek.
+func rewinder(ns []queue.EnqueueParams) func() error {
+	type start struct {
+		s   io.Seeker
+		off int64
+	}
+	var starts []start
+	for _, n := range ns {
+		sk, ok := n.Body.(io.Seeker)
+		if !ok {
+			return nil
+		}
+		off, err := sk.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return nil
+		}
+		starts = append(starts, start{sk, off})
+	}
+	return func() error {
+		for _, st := range starts {
+			if _, err := st.s.Seek(st.off, io.SeekStart); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// NextDue returns the earliest time at which Claim could return work: the
+// earliest due pair at each destination, but not before the destination may
+// be contacted. It costs one index probe per destination.
+func (s *Store) NextDue(ctx context.Context, now time.Time) (time.Time, bool, error) {
+	if err := s.check(); err != nil {
+		return time.Time{}, false, err
+	}
+	var at *time.Time
+	if err := s.pool.QueryRow(ctx, s.q.nextDue).Scan(&at); err != nil {
+		return time.Time{}, false, s.fail("next due", err)
+	}
+	if at == nil {
+		return time.Time{}, false, nil
+	}
+	return at.UTC(), true, nil
+}

@@ -1,0 +1,210 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/outboundmail/outbound/queue"
+)
+
+// Enqueue durably stores a new message, its body and its recipients in one
+// transaction, and wakes listening workers when it commits.
+//
+// If the COMMIT fails in a way that leaves its outcome unknown (the
+// connection broke), Enqueue looks for the message by ID before reporting
+// the error, so that a commit that did happen is reported as success. A
+// caller that retries after an error should set Message.IdempotencyKey.
+func (s *Store) Enqueue(ctx context.Context, p queue.EnqueueParams) (queue.ID, error) {
+	if err := s.check(); err != nil {
+		return "", err
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return "", s.fail("enqueue", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
+	id, inserted, err := s.enqueue(ctx, tx, p)
+	if err != nil {
+		return "", err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		if inserted && s.committed(ctx, id) {
+			return id, nil
+		}
+		return "", s.fail("enqueue "+string(id)+": commit", err)
+	}
+	return id, nil
+}
+
+// committed reports whether message id exists, asked on a fresh connection
+// after a failed COMMIT.
+func (s *Store) committed(ctx context.Context, id queue.ID) bool {
+	var ok bool
+	err := s.pool.QueryRow(context.WithoutCancel(ctx), s.q.messageExists, string(id)).Scan(&ok)
+	return err == nil && ok
+}
+
+// EnqueueTx stores a message inside the caller's transaction: the message
+// exists if and only if tx commits, and workers are woken only then
+// (NOTIFY is transactional). The work happens under a savepoint, so a
+// failure (a body that cannot be read, a duplicate ID) leaves tx as it was
+// and usable. tx must be on the database the store was opened on; the
+// store's schema is named explicitly, so tx's search_path does not matter.
+//
+// With an IdempotencyKey that another open transaction has just used,
+// EnqueueTx waits for that transaction to end.
+func (s *Store) EnqueueTx(ctx context.Context, tx pgx.Tx, p queue.EnqueueParams) (queue.ID, error) {
+	if err := s.check(); err != nil {
+		return "", err
+	}
+	sp, err := tx.Begin(ctx) // SAVEPOINT
+	if err != nil {
+		return "", s.fail("enqueue", err)
+	}
+	id, _, err := s.enqueue(ctx, sp, p)
+	if err != nil {
+		if rerr := sp.Rollback(ctx); rerr != nil {
+			return "", errors.Join(err, s.fail("enqueue: rollback to savepoint", rerr))
+		}
+		return "", err
+	}
+	if err := sp.Commit(ctx); err != nil { // RELEASE SAVEPOINT
+		return "", s.fail("enqueue", err)
+	}
+	return id, nil
+}
+
+// enqueue does the work of Enqueue inside tx. inserted is false when an
+// existing message with the same idempotency key was found instead.
+func (s *Store) enqueue(ctx context.Context, tx pgx.Tx, p queue.EnqueueParams) (id queue.ID, inserted bool, err error) {
+	m := p.Message
+	if m == nil || m.ID == "" {
+		return "", false, errors.New("postgres: enqueue: message without ID")
+	}
+	if p.Body == nil {
+		return "", false, fmt.Errorf("postgres: enqueue %s: nil body", m.ID)
+	}
+	// Read the first chunk before writing anything: most bodies fit in it,
+	// so their size is known for the INSERT.
+	body := &chunkSource{id: string(m.ID), r: p.Body, buf: make([]byte, s.chunkSize)}
+	if !body.Next() && body.err != nil {
+		return "", false, fmt.Errorf("postgres: enqueue %s: reading body: %w", m.ID, body.err)
+	}
+	size := int64(len(body.data))
+
+	var got string
+	err = tx.QueryRow(ctx, s.q.insertMessage, string(m.ID), m.From, m.Arrived, size,
+		nullString(m.IdempotencyKey), m.EightBit, m.Return, m.EnvelopeID, m.RequireTLS).Scan(&got)
+	if errors.Is(err, pgx.ErrNoRows) { // idempotency key already used
+		if err := tx.QueryRow(ctx, s.q.selectIDByIdempotencyKey, m.IdempotencyKey).Scan(&got); err != nil {
+			return "", false, s.fail("enqueue "+string(m.ID), err)
+		}
+		return queue.ID(got), false, nil
+	}
+	if err != nil {
+		return "", false, s.fail("enqueue "+string(m.ID), err)
+	}
+
+	copied := !body.done && len(body.data) > 0
+	if copied {
+		// More than one chunk: stream them all with COPY, one chunk in
+		// memory at a time.
+		body.replay = true
+		_, err := tx.CopyFrom(ctx, pgx.Identifier{s.schema, "message_chunk"},
+			[]string{"message_id", "seq", "data"}, body)
+		if body.err != nil {
+			return "", false, fmt.Errorf("postgres: enqueue %s: reading body: %w", m.ID, body.err)
+		}
+		if err != nil {
+			return "", false, s.fail("enqueue "+string(m.ID)+": body", err)
+		}
+		size = body.size
+	}
+
+	b := new(pgx.Batch)
+	switch {
+	case copied:
+		b.Queue(s.q.setMessageSize, string(m.ID), size)
+	case len(body.data) > 0:
+		b.Queue(s.q.insertChunk, string(m.ID), 0, body.data)
+	}
+	if err := s.queueRecipients(b, m); err != nil {
+		return "", false, err
+	}
+	b.Queue(s.q.insertDeliveries, string(m.ID), m.Arrived)
+	b.Queue(s.q.insertDestinations, string(m.ID))
+	b.Queue(s.q.notifyWork, s.channel)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return "", false, s.fail("enqueue "+string(m.ID), err)
+	}
+	m.Size = size
+	return m.ID, true, nil
+}
+
+// queueRecipients adds the INSERT of each recipient of m to b.
+func (s *Store) queueRecipients(b *pgx.Batch, m *queue.Message) error {
+	for i, r := range m.Recipients {
+		result, err := encodeOutcome(r.LastResult)
+		if err != nil {
+			return fmt.Errorf("postgres: enqueue %s: %w", m.ID, err)
+		}
+		b.Queue(s.q.insertRecipient, string(m.ID), i, r.Address, r.Destination, r.Notify, r.ORCPT,
+			r.State.String(), r.Attempts, r.NextAttempt, nullTime(r.LastAttempt), result,
+			r.DelayWarned, r.PossibleDuplicate)
+	}
+	return nil
+}
+
+// chunkSource reads a body in chunks of len(buf) octets; it is the
+// pgx.CopyFromSource of message_chunk rows. The first chunk is read before
+// COPY starts (replay makes Next return it once more).
+type chunkSource struct {
+	id     string
+	r      io.Reader
+	buf    []byte
+	data   []byte // the current chunk
+	seq    int    // chunks read so far
+	size   int64  // octets read so far
+	done   bool   // r reached EOF
+	replay bool   // return data again on the next call to Next
+	err    error  // from r
+}
+
+// Next reads the next chunk. A short final chunk is normal; a body whose
+// length is a multiple of the chunk size ends with an empty read, which is
+// not a chunk.
+func (c *chunkSource) Next() bool {
+	if c.replay {
+		c.replay = false
+		return true
+	}
+	if c.done || c.err != nil {
+		return false
+	}
+	n, err := io.ReadFull(c.r, c.buf)
+	switch {
+	case err == io.EOF || err == io.ErrUnexpectedEOF:
+		c.done = true
+	case err != nil:
+		c.err = err
+		return false
+	}
+	if n == 0 {
+		return false
+	}
+	c.data = c.buf[:n]
+	c.seq++
+	c.size += int64(n)
+	return true
+}
+
+// Values returns the current row; pgx encodes it before calling Next again,
+// so buf can be reused.
+func (c *chunkSource) Values() ([]any, error) { return []any{c.id, c.seq - 1, c.data}, nil }
+
+// Err returns the error from reading the body.
+func (c *chunkSource) Err() error { return c.err }

@@ -1,0 +1,473 @@
+package postgres
+
+import "strings"
+
+// The SQL of the store, one statement per constant, grouped by table.
+// {schema} stands for the quoted schema name (see expand). Every time that
+// drives a decision is a parameter (the caller's Now), never now(): a cluster
+// with a fake clock in tests, or with skewed database and worker clocks, must
+// agree with the caller's view of time.
+
+// Migrations.
+const (
+	createSchema = `CREATE SCHEMA IF NOT EXISTS {schema}`
+
+	createMigrationTable = `
+CREATE TABLE IF NOT EXISTS {schema}.schema_migration (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now() -- a record for humans, never a decision
+)`
+
+	// lockMigrations serialises migrations of one schema across processes;
+	// the lock ends with the transaction, so it pins no pooled connection.
+	lockMigrations = `SELECT pg_advisory_xact_lock(hashtext('outbound migrate ' || $1))`
+
+	selectMigrations = `SELECT version FROM {schema}.schema_migration`
+
+	insertMigration = `INSERT INTO {schema}.schema_migration (version) VALUES ($1)`
+)
+
+// message and message_chunk.
+const (
+	// insertMessage returns no row when a message with the same idempotency
+	// key exists; it waits for a concurrent insert of that key to commit or
+	// roll back first, so two racing enqueues store one message.
+	insertMessage = `
+INSERT INTO {schema}.message
+    (id, sender, arrived, size, idempotency_key, eight_bit, ret, envelope_id, require_tls)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id`
+
+	selectIDByIdempotencyKey = `SELECT id FROM {schema}.message WHERE idempotency_key = $1`
+
+	setMessageSize = `UPDATE {schema}.message SET size = $2 WHERE id = $1`
+
+	insertChunk = `INSERT INTO {schema}.message_chunk (message_id, seq, data) VALUES ($1, $2, $3)`
+
+	selectChunk = `SELECT data FROM {schema}.message_chunk WHERE message_id = $1 AND seq = $2`
+
+	selectMessageSize = `SELECT size FROM {schema}.message WHERE id = $1`
+
+	messageExists = `SELECT EXISTS (SELECT 1 FROM {schema}.message WHERE id = $1)`
+
+	// lockMessage is the first lock of every change to an existing message
+	// (Finish, Hold, Release, Retry): see "Lock order" in doc.go.
+	lockMessage = `SELECT id FROM {schema}.message WHERE id = $1 FOR UPDATE`
+
+	selectMessages = `
+SELECT id, sender, arrived, size, idempotency_key, eight_bit, ret, envelope_id, require_tls
+FROM {schema}.message
+WHERE id = ANY($1)
+ORDER BY id`
+
+	// listMessages filters with optional parameters: NULL disables a filter.
+	listMessages = `
+SELECT m.id, m.sender, m.arrived, m.size, m.idempotency_key, m.eight_bit, m.ret, m.envelope_id, m.require_tls
+FROM {schema}.message m
+WHERE ($1::text IS NULL OR m.id > $1)
+  AND ($2::timestamptz IS NULL OR m.arrived < $2)
+  AND ($3::text[] IS NULL OR EXISTS (
+        SELECT 1 FROM {schema}.recipient r WHERE r.message_id = m.id AND r.state = ANY($3)))
+  AND ($4::text IS NULL OR EXISTS (
+        SELECT 1 FROM {schema}.recipient r WHERE r.message_id = m.id AND r.destination = $4))
+ORDER BY m.id
+LIMIT $5`
+
+	deleteMessage = `DELETE FROM {schema}.message WHERE id = $1`
+
+	// deleteMessageIfFinal removes a message once no recipient can change
+	// any more; chunks, recipients and deliveries go with it (CASCADE).
+	deleteMessageIfFinal = `
+DELETE FROM {schema}.message m
+WHERE m.id = $1
+  AND NOT EXISTS (
+        SELECT 1 FROM {schema}.recipient r
+        WHERE r.message_id = m.id AND r.state NOT IN ('delivered', 'failed', 'expired'))`
+
+	// notifyWork wakes listeners (Store.Wakeups) on every node. Inside a
+	// transaction it is delivered only if and when that commits.
+	notifyWork = `SELECT pg_notify($1, '')`
+)
+
+// recipient.
+const (
+	insertRecipient = `
+INSERT INTO {schema}.recipient
+    (message_id, idx, address, destination, notify, orcpt, state, attempts,
+     next_attempt, last_attempt, last_result, delay_warned, possible_duplicate)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`
+
+	selectRecipients = `
+SELECT message_id, address, destination, notify, orcpt, state, attempts,
+       next_attempt, last_attempt, last_result, delay_warned, possible_duplicate
+FROM {schema}.recipient
+WHERE message_id = ANY($1)
+ORDER BY message_id, idx`
+
+	// claimRecipients leases the due recipients of each locked (message,
+	// destination) pair: one fresh fencing token per pair, the attempt
+	// counted, and next_attempt pushed to the end of the lease, all before
+	// the worker opens a connection. If the worker dies, the recipients are
+	// due again at the end of the lease, never at once.
+	claimRecipients = `
+WITH lease AS MATERIALIZED (
+    SELECT g.message_id, g.destination, nextval('{schema}.lease_token') AS token
+    FROM unnest($1::text[], $2::text[]) AS g (message_id, destination)
+)
+UPDATE {schema}.recipient r
+SET attempts = r.attempts + 1,
+    last_attempt = $3,
+    next_attempt = $4,
+    lease_token = lease.token,
+    lease_owner = $5,
+    lease_until = $4
+FROM lease
+WHERE r.message_id = lease.message_id
+  AND r.destination = lease.destination
+  AND r.state IN ('queued', 'deferred')
+  AND r.next_attempt <= $3
+  AND (r.lease_until IS NULL OR r.lease_until <= $3)
+RETURNING r.message_id, r.destination, r.idx, r.address, lease.token`
+
+	// countLeased is Finish's fencing check: the lease is current only if
+	// every recipient it covers still carries its token.
+	countLeased = `
+SELECT count(*) FROM {schema}.recipient
+WHERE message_id = $1 AND lease_token = $2 AND lease_owner = $3`
+
+	// finishRecipient records one outcome and ends that recipient's lease.
+	// The flags are sticky: they are set, never cleared.
+	finishRecipient = `
+UPDATE {schema}.recipient
+SET state = $4,
+    next_attempt = $5,
+    last_result = $6,
+    possible_duplicate = possible_duplicate OR $7,
+    delay_warned = delay_warned OR $8,
+    lease_token = NULL, lease_owner = NULL, lease_until = NULL
+WHERE message_id = $1 AND lease_token = $2 AND address = $3`
+
+	// endLease releases the leased recipients Finish did not name: they keep
+	// their state and claim-time next_attempt (the end of the lease).
+	endLease = `
+UPDATE {schema}.recipient
+SET lease_token = NULL, lease_owner = NULL, lease_until = NULL
+WHERE message_id = $1 AND lease_token = $2`
+
+	// holdRecipients freezes the waiting recipients; their leases end, so a
+	// worker holding one gets ErrLeaseLost from Finish.
+	holdRecipients = `
+UPDATE {schema}.recipient
+SET state = 'held', lease_token = NULL, lease_owner = NULL, lease_until = NULL
+WHERE message_id = $1 AND state IN ('queued', 'deferred')`
+
+	releaseRecipients = `
+UPDATE {schema}.recipient
+SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
+    next_attempt = $2
+WHERE message_id = $1 AND state = 'held'`
+
+	// retryRecipients makes waiting recipients due at $2. A recipient under
+	// a live lease stays leased: the worker's Finish still counts, and the
+	// recipient is claimable when that lease ends.
+	retryRecipients = `
+UPDATE {schema}.recipient
+SET next_attempt = $2
+WHERE message_id = $1 AND state IN ('queued', 'deferred')
+RETURNING destination`
+)
+
+// delivery.
+const (
+	// insertDeliveries creates the (message, destination) pairs of a new
+	// message from its recipients.
+	insertDeliveries = `
+INSERT INTO {schema}.delivery (message_id, destination, arrived, next_attempt)
+SELECT r.message_id, r.destination, $2,
+       min(r.next_attempt) FILTER (WHERE r.state IN ('queued', 'deferred'))
+FROM {schema}.recipient r
+WHERE r.message_id = $1
+GROUP BY r.message_id, r.destination`
+
+	// lockDeliveries locks the chosen pairs that are still due, skipping
+	// those another transaction holds: concurrent claimers never wait for
+	// each other and never lease the same recipient twice.
+	lockDeliveries = `
+SELECT message_id, destination
+FROM {schema}.delivery
+WHERE (message_id, destination) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+  AND next_attempt <= $3
+ORDER BY next_attempt, message_id, destination
+FOR UPDATE SKIP LOCKED`
+
+	// lockMessageDeliveries locks all pairs of a message, in a fixed order,
+	// before an operator action changes its recipients (see "Lock order").
+	lockMessageDeliveries = `
+SELECT destination FROM {schema}.delivery
+WHERE message_id = $1
+ORDER BY destination
+FOR UPDATE`
+
+	lockDelivery = `
+SELECT destination FROM {schema}.delivery
+WHERE message_id = $1 AND destination = $2
+FOR UPDATE`
+
+	// refreshDeliveries recomputes next_attempt of the given pairs from
+	// their waiting recipients: a leased recipient is due when both its
+	// next_attempt and its lease have passed.
+	refreshDeliveries = `
+UPDATE {schema}.delivery dl
+SET next_attempt = (
+    SELECT min(GREATEST(r.next_attempt, r.lease_until))
+    FROM {schema}.recipient r
+    WHERE r.message_id = dl.message_id
+      AND r.destination = dl.destination
+      AND r.state IN ('queued', 'deferred'))
+WHERE (dl.message_id, dl.destination) IN (SELECT * FROM unnest($1::text[], $2::text[]))`
+
+	// refreshMessageDeliveries is refreshDeliveries for every pair of one
+	// message.
+	refreshMessageDeliveries = `
+UPDATE {schema}.delivery dl
+SET next_attempt = (
+    SELECT min(GREATEST(r.next_attempt, r.lease_until))
+    FROM {schema}.recipient r
+    WHERE r.message_id = dl.message_id
+      AND r.destination = dl.destination
+      AND r.state IN ('queued', 'deferred'))
+WHERE dl.message_id = $1`
+
+	// claimCandidates picks the oldest due (message, destination) pairs,
+	// without locking: for each destination that may be contacted, up to
+	// $2 pairs (one while it is being probed after failures); at blocked
+	// destinations, only pairs whose message arrived before $3, so that they
+	// can be expired on time. Each branch is one index range per
+	// destination, so the cost grows with destinations and leases, not with
+	// the queue.
+	claimCandidates = `
+SELECT c.message_id, c.destination, c.next_attempt, d.consecutive_failures > 0 AS probe
+FROM {schema}.destination d
+CROSS JOIN LATERAL (
+    SELECT dl.message_id, dl.destination, dl.next_attempt
+    FROM {schema}.delivery dl
+    WHERE dl.destination = d.name AND dl.next_attempt <= $1
+    ORDER BY dl.next_attempt
+    LIMIT CASE WHEN d.consecutive_failures > 0 THEN 1 ELSE $2 END
+) c
+WHERE d.next_allowed IS NULL OR d.next_allowed <= $1
+UNION ALL
+SELECT dl.message_id, dl.destination, dl.next_attempt, false
+FROM {schema}.delivery dl
+JOIN {schema}.destination d ON d.name = dl.destination
+WHERE dl.arrived < $3 AND dl.next_attempt <= $1 AND d.next_allowed > $1
+ORDER BY next_attempt, message_id, destination
+LIMIT $2`
+
+	// nextDue is the earliest time a pair becomes due at a destination that
+	// may then be contacted.
+	nextDue = `
+SELECT min(GREATEST(c.next_attempt, d.next_allowed))
+FROM {schema}.destination d
+CROSS JOIN LATERAL (
+    SELECT dl.next_attempt
+    FROM {schema}.delivery dl
+    WHERE dl.destination = d.name AND dl.next_attempt IS NOT NULL
+    ORDER BY dl.next_attempt
+    LIMIT 1
+) c`
+)
+
+// destination.
+const (
+	// insertDestinations makes sure every destination of a new message has a
+	// status row (Claim walks that table). Sorted, so that two transactions
+	// inserting the same new names cannot deadlock.
+	insertDestinations = `
+INSERT INTO {schema}.destination (name)
+SELECT DISTINCT destination FROM {schema}.recipient WHERE message_id = $1
+ORDER BY 1
+ON CONFLICT (name) DO NOTHING`
+
+	insertDestination = `INSERT INTO {schema}.destination (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`
+
+	selectDestination = `
+SELECT next_allowed, consecutive_failures, first_failure, last_failure, last_result
+FROM {schema}.destination
+WHERE name = $1`
+
+	// updateDestination replaces a status, and leaves the row alone (no
+	// write, no lock) when nothing changes, as after most successes.
+	updateDestination = `
+UPDATE {schema}.destination
+SET next_allowed = $2, consecutive_failures = $3, first_failure = $4, last_failure = $5, last_result = $6
+WHERE name = $1
+  AND (next_allowed, consecutive_failures, first_failure, last_failure, last_result)
+      IS DISTINCT FROM ($2, $3, $4, $5, $6::jsonb)`
+
+	// lockProbes locks the destinations Claim wants to probe if they are
+	// still failing and allowed, skipping rows another transaction holds:
+	// of several claimers, exactly one wins each probe.
+	lockProbes = `
+SELECT name FROM {schema}.destination
+WHERE name = ANY($1)
+  AND consecutive_failures > 0
+  AND (next_allowed IS NULL OR next_allowed <= $2)
+ORDER BY name
+FOR UPDATE SKIP LOCKED`
+
+	// startProbes keeps every other worker away from a probed destination
+	// until the probe's lease ends or its Finish records a new status.
+	startProbes = `UPDATE {schema}.destination SET next_allowed = $2 WHERE name = ANY($1)`
+
+	// clearBackoff is the operator's flush: the destinations may be
+	// contacted at once.
+	clearBackoff = `
+UPDATE {schema}.destination
+SET next_allowed = NULL, consecutive_failures = 0, first_failure = NULL
+WHERE name = ANY($1)`
+)
+
+// destination_slot.
+const (
+	// createSlots makes sure slots 0..$2-1 of a destination exist.
+	createSlots = `
+INSERT INTO {schema}.destination_slot (destination, slot)
+SELECT $1, n FROM generate_series(0, $2 - 1) AS n
+ON CONFLICT (destination, slot) DO NOTHING`
+
+	// acquireSlot leases the lowest free slot below the limit.
+	acquireSlot = `
+UPDATE {schema}.destination_slot s
+SET token = nextval('{schema}.lease_token'), owner = $3, until = $5
+FROM (
+    SELECT destination, slot FROM {schema}.destination_slot
+    WHERE destination = $1 AND slot < $2 AND (until IS NULL OR until <= $4)
+    ORDER BY slot
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+) free
+WHERE s.destination = free.destination AND s.slot = free.slot
+RETURNING s.slot, s.token`
+
+	// renewSlot extends a slot lease, fenced by its token.
+	renewSlot = `
+UPDATE {schema}.destination_slot SET until = $4
+WHERE destination = $1 AND slot = $2 AND token = $3`
+
+	// releaseSlot ends a slot lease at $4, fenced by its token.
+	releaseSlot = `
+UPDATE {schema}.destination_slot SET until = $4, owner = NULL, token = NULL
+WHERE destination = $1 AND slot = $2 AND token = $3`
+
+	countSlots = `
+SELECT count(*) FROM {schema}.destination_slot
+WHERE destination = $1 AND until > $2`
+)
+
+// expand returns q with {schema} replaced by the quoted schema name.
+func expand(q, schema string) string { return strings.ReplaceAll(q, "{schema}", schema) }
+
+// queries holds the statements with the schema filled in, built once per store.
+type queries struct {
+	createSchema             string
+	createMigrationTable     string
+	lockMigrations           string
+	selectMigrations         string
+	insertMigration          string
+	insertMessage            string
+	selectIDByIdempotencyKey string
+	setMessageSize           string
+	insertChunk              string
+	selectChunk              string
+	selectMessageSize        string
+	messageExists            string
+	lockMessage              string
+	selectMessages           string
+	listMessages             string
+	deleteMessage            string
+	deleteMessageIfFinal     string
+	notifyWork               string
+	insertRecipient          string
+	selectRecipients         string
+	claimRecipients          string
+	countLeased              string
+	finishRecipient          string
+	endLease                 string
+	holdRecipients           string
+	releaseRecipients        string
+	retryRecipients          string
+	insertDeliveries         string
+	lockDeliveries           string
+	lockMessageDeliveries    string
+	lockDelivery             string
+	refreshDeliveries        string
+	refreshMessageDeliveries string
+	claimCandidates          string
+	nextDue                  string
+	insertDestinations       string
+	insertDestination        string
+	selectDestination        string
+	updateDestination        string
+	lockProbes               string
+	startProbes              string
+	clearBackoff             string
+	createSlots              string
+	acquireSlot              string
+	renewSlot                string
+	releaseSlot              string
+	countSlots               string
+}
+
+func newQueries(schema string) queries {
+	return queries{
+		createSchema:             expand(createSchema, schema),
+		createMigrationTable:     expand(createMigrationTable, schema),
+		lockMigrations:           expand(lockMigrations, schema),
+		selectMigrations:         expand(selectMigrations, schema),
+		insertMigration:          expand(insertMigration, schema),
+		insertMessage:            expand(insertMessage, schema),
+		selectIDByIdempotencyKey: expand(selectIDByIdempotencyKey, schema),
+		setMessageSize:           expand(setMessageSize, schema),
+		insertChunk:              expand(insertChunk, schema),
+		selectChunk:              expand(selectChunk, schema),
+		selectMessageSize:        expand(selectMessageSize, schema),
+		messageExists:            expand(messageExists, schema),
+		lockMessage:              expand(lockMessage, schema),
+		selectMessages:           expand(selectMessages, schema),
+		listMessages:             expand(listMessages, schema),
+		deleteMessage:            expand(deleteMessage, schema),
+		deleteMessageIfFinal:     expand(deleteMessageIfFinal, schema),
+		notifyWork:               expand(notifyWork, schema),
+		insertRecipient:          expand(insertRecipient, schema),
+		selectRecipients:         expand(selectRecipients, schema),
+		claimRecipients:          expand(claimRecipients, schema),
+		countLeased:              expand(countLeased, schema),
+		finishRecipient:          expand(finishRecipient, schema),
+		endLease:                 expand(endLease, schema),
+		holdRecipients:           expand(holdRecipients, schema),
+		releaseRecipients:        expand(releaseRecipients, schema),
+		retryRecipients:          expand(retryRecipients, schema),
+		insertDeliveries:         expand(insertDeliveries, schema),
+		lockDeliveries:           expand(lockDeliveries, schema),
+		lockMessageDeliveries:    expand(lockMessageDeliveries, schema),
+		lockDelivery:             expand(lockDelivery, schema),
+		refreshDeliveries:        expand(refreshDeliveries, schema),
+		refreshMessageDeliveries: expand(refreshMessageDeliveries, schema),
+		claimCandidates:          expand(claimCandidates, schema),
+		nextDue:                  expand(nextDue, schema),
+		insertDestinations:       expand(insertDestinations, schema),
+		insertDestination:        expand(insertDestination, schema),
+		selectDestination:        expand(selectDestination, schema),
+		updateDestination:        expand(updateDestination, schema),
+		lockProbes:               expand(lockProbes, schema),
+		startProbes:              expand(startProbes, schema),
+		clearBackoff:             expand(clearBackoff, schema),
+		createSlots:              expand(createSlots, schema),
+		acquireSlot:              expand(acquireSlot, schema),
+		renewSlot:                expand(renewSlot, schema),
+		releaseSlot:              expand(releaseSlot, schema),
+		countSlots:               expand(countSlots, schema),
+	}
+}

@@ -1,0 +1,137 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+var (
+	// ErrNoSlot is returned by AcquireSlot when all of a destination's
+	// slots are leased.
+	ErrNoSlot = errors.New("postgres: no free connection slot")
+	// ErrSlotLost is returned by RenewSlot and ReleaseSlot when the slot
+	// lease is no longer the caller's (it expired and was acquired again).
+	ErrSlotLost = errors.New("postgres: connection slot lease lost")
+)
+
+// maxSlots bounds SlotParams.Max: slot rows are created up to it.
+const maxSlots = 10000
+
+// SlotParams are the arguments of AcquireSlot.
+type SlotParams struct {
+	Destination string    // the destination to connect to, as in queue.Recipient.Destination
+	Owner       string    // the node or worker taking the slot, recorded for operators
+	Max         int       // the cluster-wide limit, 1 to 10000
+	Now         time.Time // the caller's clock: slots leased until Now or earlier are free
+	Until       time.Time // when the lease ends unless renewed; after Now
+}
+
+// Slot is a lease on one of the numbered connection slots of a destination.
+type Slot struct {
+	Destination string
+	Number      int   // 0 to Max-1
+	Token       int64 // fencing token: unique per acquisition
+	Owner       string
+	Until       time.Time
+}
+
+// AcquireSlot leases one of the Max connection slots of a destination, for
+// a per-destination limit on concurrent connections that holds across the
+// whole cluster. It returns ErrNoSlot when all Max slots are leased until
+// after p.Now; it never waits.
+//
+// A scheduler acquires a slot before connecting and releases it when the
+// SMTP session ends. Sessions longer than the lease call RenewSlot; a node
+// that dies holding a slot loses it when the lease ends, so Until should be
+// a little longer than the longest expected session step (a few minutes).
+//
+// A rate limit works the same way: to allow N connections per period P, use
+// Max = N and release each slot with ReleaseSlot(ctx, slot, acquiredAt+P),
+// so that a slot is not reused before P has passed since it was taken.
+//
+// Lowering Max takes effect as leases on the higher slots end. Slots are rows
+// of destination_slot, leased with FOR UPDATE SKIP LOCKED in a single
+// implicit transaction; no session lock pins a connection.
+func (s *Store) AcquireSlot(ctx context.Context, p SlotParams) (*Slot, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	if p.Max < 1 || p.Max > maxSlots {
+		return nil, fmt.Errorf("postgres: acquire slot: Max %d out of range 1..%d", p.Max, maxSlots)
+	}
+	if !p.Until.After(p.Now) {
+		return nil, fmt.Errorf("postgres: acquire slot: Until %v not after Now %v", p.Until, p.Now)
+	}
+	slot := &Slot{Destination: p.Destination, Owner: p.Owner, Until: p.Until.Truncate(time.Microsecond)}
+	b := new(pgx.Batch)
+	b.Queue(s.q.createSlots, p.Destination, p.Max)
+	b.Queue(s.q.acquireSlot, p.Destination, p.Max, p.Owner, p.Now, slot.Until).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&slot.Number, &slot.Token)
+	})
+	err := s.pool.SendBatch(ctx, b).Close()
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNoSlot
+	}
+	if err != nil {
+		return nil, s.fail("acquire slot", err)
+	}
+	return slot, nil
+}
+
+// RenewSlot extends the lease of slot to until, or returns ErrSlotLost.
+func (s *Store) RenewSlot(ctx context.Context, slot *Slot, until time.Time) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	until = until.Truncate(time.Microsecond)
+	tag, err := s.pool.Exec(ctx, s.q.renewSlot, slot.Destination, slot.Number, slot.Token, until)
+	if err != nil {
+		return s.fail("renew slot", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrSlotLost
+	}
+	slot.Until = until
+	return nil
+}
+
+// ReleaseSlot ends the lease of slot at until: the caller's now frees the
+// slot at once, a later time keeps it busy until then (rate limiting). It
+// wakes listening workers, and returns ErrSlotLost if the slot was acquired
+// by someone else in the meantime.
+func (s *Store) ReleaseSlot(ctx context.Context, slot *Slot, until time.Time) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	var lost bool
+	b := new(pgx.Batch)
+	b.Queue(s.q.releaseSlot, slot.Destination, slot.Number, slot.Token, until).Exec(func(tag pgconn.CommandTag) error {
+		lost = tag.RowsAffected() == 0
+		return nil
+	})
+	b.Queue(s.q.notifyWork, s.channel)
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return s.fail("release slot", err)
+	}
+	if lost {
+		return ErrSlotLost
+	}
+	return nil
+}
+
+// SlotsInUse returns how many slots of a destination are leased beyond now.
+func (s *Store) SlotsInUse(ctx context.Context, destination string, now time.Time) (int, error) {
+	if err := s.check(); err != nil {
+		return 0, err
+	}
+	var n int
+	if err := s.pool.QueryRow(ctx, s.q.countSlots, destination, now).Scan(&n); err != nil {
+		return 0, s.fail("slots in use", err)
+	}
+	return n, nil
+}
