@@ -1,0 +1,360 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/outboundmail/outbound/backoff"
+	"github.com/outboundmail/outbound/delivery"
+	"github.com/outboundmail/outbound/delivery/reason"
+)
+
+// expiryGrace is how late the final attempt at a recipient's expiry may
+// start. A lease claimed later than that after the expiry (the destination
+// was in backoff, or the queue was not running) is expired without
+// contacting anyone.
+const expiryGrace = time.Minute
+
+// finishTimeout bounds the store calls that record an outcome, which must
+// happen even while Run shuts down.
+const finishTimeout = time.Minute
+
+// attemptResult is what one lease's goroutine reports to the scheduler loop.
+type attemptResult struct {
+	dest string
+	// attempted is set when the destination was contacted (Deliver ran).
+	attempted bool
+	// unavailable is set when the destination was put in backoff, until
+	// nextAllowed.
+	unavailable bool
+	nextAllowed time.Time
+	// dueHint is the earliest time a recipient of the lease may be due
+	// again (zero when none is waiting any more).
+	dueHint time.Time
+	// notified is set when notifications were queued: new work is due now.
+	notified bool
+	stats    Stats
+	// slot is set for attempt goroutines (which hold one of the
+	// destination's running slots), not for releases.
+	slot bool
+}
+
+// attempt runs one lease to the end: Deliver, then record every outcome
+// with Finish. healthy says that an attempt reached the destination earlier
+// in this run, so its status needs no reset.
+func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool) attemptResult {
+	res := attemptResult{dest: l.Destination}
+	msg := l.Message
+	start := q.cfg.Clock.Now()
+	rcpts := leased(l)
+	log := q.log.With(slog.String("id", string(msg.ID)), slog.String("destination", l.Destination))
+
+	if start.After(q.cfg.Schedule.Expiry(msg.Arrived).Add(expiryGrace)) {
+		return q.expireUnattempted(l, rcpts, start, log)
+	}
+
+	body, err := q.cfg.Store.OpenBody(ctx, msg.ID)
+	if err != nil {
+		// Deleted by an operator (the lease is lost anyway) or a store
+		// failure: the claim-time NextAttempt (start+LeaseFor) stands.
+		log.LogAttrs(ctx, slog.LevelError, "cannot open body", slog.Any("error", err))
+		q.release(l, nil, time.Time{}, log)
+		return res
+	}
+	dm := &delivery.Message{
+		From:       msg.From,
+		Body:       body,
+		Size:       msg.Size,
+		EightBit:   msg.EightBit,
+		Return:     msg.Return,
+		EnvelopeID: msg.EnvelopeID,
+		RequireTLS: msg.RequireTLS,
+	}
+	for _, r := range rcpts {
+		dm.Recipients = append(dm.Recipients, delivery.Recipient{Address: r.Address, Notify: r.Notify, ORCPT: r.ORCPT})
+	}
+	q.cfg.Observer.Observe(Event{Kind: EventAttemptStarted, Time: start, Message: msg.ID, Arrived: msg.Arrived,
+		Destination: l.Destination, Recipients: len(rcpts)})
+
+	// The attempt must end before the lease does, or another worker could
+	// claim the same recipients while this one still talks to the server.
+	dctx, cancel := context.WithDeadline(ctx, l.Until.Add(-q.cfg.LeaseFor/10))
+	rep, derr := q.cfg.Deliverer.Deliver(dctx, l.Destination, dm)
+	cancel()
+	body.Close()
+	now := q.cfg.Clock.Now()
+	res.attempted = rep != nil
+
+	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer fcancel()
+	if rep == nil {
+		if derr == nil {
+			derr = errors.New("deliverer returned neither report nor error")
+		}
+		if ctx.Err() != nil {
+			// Shutting down before the attempt began: not an attempt.
+			q.release(l, rcpts, now, log)
+			return res
+		}
+		// No attempt was made, for a local reason: retry on the
+		// schedule, like any temporary failure, never at once.
+		rep = &delivery.Report{Destination: l.Destination}
+		for _, r := range rcpts {
+			rep.Results = append(rep.Results, delivery.Result{Recipient: r.Address, Class: delivery.Temporary, Err: derr})
+		}
+	}
+
+	plan := q.plan(msg, rcpts, rep, start, now)
+	fp := FinishParams{Lease: l, Now: now, Recipients: plan.updates}
+	if rep.DestinationUnavailable {
+		st := q.destinationFailed(fctx, l.Destination, rep, now)
+		fp.Destination = st
+		res.unavailable, res.nextAllowed = true, st.NextAllowed
+	} else if res.attempted && !healthy {
+		fp.Destination = q.destinationReached(fctx, l.Destination, now)
+	}
+	ids := q.notifications(fctx, msg, plan, now, &fp, log)
+
+	err = q.cfg.Store.Finish(fctx, fp)
+	q.cfg.Observer.Observe(Event{Kind: EventAttemptFinished, Time: now, Message: msg.ID, Arrived: msg.Arrived,
+		Destination: l.Destination, Recipients: len(rcpts), Duration: now.Sub(start),
+		DestinationUnavailable: rep.DestinationUnavailable, Result: destOutcome(rep, now)})
+	res.stats.Attempts = 1
+	if err != nil {
+		level := slog.LevelError
+		if errors.Is(err, ErrLeaseLost) {
+			level = slog.LevelWarn // an operator changed the message, or the lease ran out
+		}
+		log.LogAttrs(fctx, level, "cannot record attempt; recipients wait for the lease to end", slog.Any("error", err))
+		return res
+	}
+	res.notified = len(fp.Notifications) > 0
+	for i, u := range plan.updates {
+		q.report(msg, l.Destination, rcpts[i], u, plan.items[i], ids, now, log)
+		res.stats.count(u.State)
+		if u.State == Deferred && (res.dueHint.IsZero() || u.NextAttempt.Before(res.dueHint)) {
+			res.dueHint = u.NextAttempt
+		}
+	}
+	if res.unavailable && !res.dueHint.IsZero() && res.dueHint.Before(res.nextAllowed) {
+		res.dueHint = res.nextAllowed
+	}
+	return res
+}
+
+// plan is the decision for every leased recipient after an attempt.
+type plan struct {
+	updates []RecipientUpdate // in the order of the lease's recipients
+	items   []dsnItem         // the notification owed for each, if any
+}
+
+// plan decides each recipient's new state from the report.
+func (q *Queue) plan(msg *Message, rcpts []*Recipient, rep *delivery.Report, start, now time.Time) plan {
+	results := make(map[string]*delivery.Result, len(rep.Results))
+	for i := range rep.Results {
+		results[rep.Results[i].Recipient] = &rep.Results[i]
+	}
+	p := plan{updates: make([]RecipientUpdate, len(rcpts)), items: make([]dsnItem, len(rcpts))}
+	for i, r := range rcpts {
+		res := results[r.Address]
+		if res == nil {
+			// Not reported: unknown, so temporary, never dropped.
+			res = &delivery.Result{Recipient: r.Address, Class: delivery.Temporary, Err: errors.New("no result reported for recipient")}
+		}
+		out := outcome(res, now)
+		u := RecipientUpdate{Address: r.Address, Result: out, PossibleDuplicate: res.PossibleDuplicate}
+		switch res.Class {
+		case delivery.Delivered:
+			u.State = Delivered
+		case delivery.Permanent:
+			u.State = Failed
+			p.items[i] = dsnItem{action: actionFailed}
+		default:
+			st := backoff.State{Attempts: r.Attempts, Arrived: msg.Arrived, LastAttempt: r.LastAttempt, Seed: seed(string(msg.ID), r.Address)}
+			if r.LastAttempt.IsZero() {
+				st.LastAttempt = start
+			}
+			normal, ok := q.cfg.Schedule.Next(st)
+			if !ok {
+				u.State = Expired
+				p.items[i] = dsnItem{action: actionExpired}
+				break
+			}
+			// Greylisting and "try again in N" replies: just after the
+			// stated window, never later than the normal schedule and
+			// never sooner than a minute after the reply.
+			next := reason.Classify(res.Reply).RetryAt(now, normal)
+			if floor := now.Add(minRetryGap); next.Before(floor) {
+				next = floor
+			}
+			u.State, u.NextAttempt = Deferred, next
+			if q.delayWarningDue(msg, r, now) {
+				u.DelayWarned = true
+				p.items[i] = dsnItem{action: actionDelayed}
+			}
+		}
+		p.items[i].rcpt, p.items[i].out = r, out
+		p.updates[i] = u
+	}
+	return p
+}
+
+// delayWarningDue reports whether a deferred recipient's sender should now
+// be told that delivery is delayed.
+func (q *Queue) delayWarningDue(msg *Message, r *Recipient, now time.Time) bool {
+	if r.DelayWarned || msg.From == "" || !notifyAllows(r.Notify, "DELAY") {
+		return false
+	}
+	at, ok := q.cfg.Schedule.DelayWarningAt(msg.Arrived)
+	return ok && !now.Before(at)
+}
+
+// expireUnattempted bounces a lease whose recipients are past their expiry
+// without contacting the destination (it was in backoff, or the queue was
+// not running when the final attempt was due).
+func (q *Queue) expireUnattempted(l *Lease, rcpts []*Recipient, now time.Time, log *slog.Logger) attemptResult {
+	res := attemptResult{dest: l.Destination}
+	ctx, cancel := context.WithTimeout(context.Background(), finishTimeout)
+	defer cancel()
+	var p plan
+	for _, r := range rcpts {
+		p.updates = append(p.updates, RecipientUpdate{Address: r.Address, State: Expired})
+		p.items = append(p.items, dsnItem{rcpt: r, out: r.LastResult, action: actionExpired})
+	}
+	fp := FinishParams{Lease: l, Now: now, Recipients: p.updates, Destination: q.unprobe(ctx, l, now)}
+	ids := q.notifications(ctx, l.Message, p, now, &fp, log)
+	if err := q.cfg.Store.Finish(ctx, fp); err != nil {
+		log.LogAttrs(ctx, slog.LevelError, "cannot record expiry", slog.Any("error", err))
+		return res
+	}
+	res.notified = len(fp.Notifications) > 0
+	for i, u := range p.updates {
+		q.report(l.Message, l.Destination, rcpts[i], u, p.items[i], ids, now, log)
+		res.stats.count(Expired)
+	}
+	return res
+}
+
+// release ends a lease whose attempt did not happen. With rcpts, they are
+// due again at now (they were due when claimed, and nothing was tried);
+// without, they keep the claim-time NextAttempt.
+func (q *Queue) release(l *Lease, rcpts []*Recipient, now time.Time, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), finishTimeout)
+	defer cancel()
+	if now.IsZero() {
+		now = q.cfg.Clock.Now()
+	}
+	fp := FinishParams{Lease: l, Now: now, Destination: q.unprobe(ctx, l, now)}
+	for _, r := range rcpts {
+		fp.Recipients = append(fp.Recipients, RecipientUpdate{Address: r.Address, State: Deferred, NextAttempt: now})
+	}
+	if err := q.cfg.Store.Finish(ctx, fp); err != nil && !errors.Is(err, ErrLeaseLost) {
+		log.LogAttrs(ctx, slog.LevelError, "cannot release lease", slog.Any("error", err))
+	}
+}
+
+// unprobe returns the status that gives back the probe of a failing
+// destination when the lease that held it ends without contacting the
+// destination, so that the next probe need not wait for the lease to run
+// out; nil when the lease held no probe. Claim marks a probe by moving
+// NextAllowed to exactly the end of the lease.
+func (q *Queue) unprobe(ctx context.Context, l *Lease, now time.Time) *DestinationStatus {
+	st, err := q.cfg.Store.Destination(ctx, l.Destination)
+	if err != nil || st == nil || st.ConsecutiveFailures == 0 || !st.NextAllowed.Equal(l.Until) {
+		return nil
+	}
+	back := *st
+	back.NextAllowed = now
+	return &back
+}
+
+// destinationFailed returns the new status of a destination judged
+// unavailable: one more consecutive failure, and no contact until its own
+// backoff (Config.DestinationSchedule) has passed.
+func (q *Queue) destinationFailed(ctx context.Context, name string, rep *delivery.Report, now time.Time) *DestinationStatus {
+	prev, err := q.cfg.Store.Destination(ctx, name)
+	if err != nil || prev == nil {
+		prev = &DestinationStatus{}
+	}
+	n := prev.ConsecutiveFailures + 1
+	first := prev.FirstFailure
+	if prev.ConsecutiveFailures == 0 || first.IsZero() {
+		first = now
+	}
+	// The lifetime plays no part for a destination: measure from now.
+	next, ok := q.cfg.DestinationSchedule.Next(backoff.State{Attempts: n, Arrived: now, LastAttempt: now, Seed: seed(name)})
+	if !ok || next.Before(now.Add(minRetryGap)) {
+		next = now.Add(max(q.cfg.DestinationSchedule.Interval(n), minRetryGap))
+	}
+	return &DestinationStatus{
+		Name:                name,
+		NextAllowed:         next,
+		ConsecutiveFailures: n,
+		FirstFailure:        first,
+		LastFailure:         now,
+		LastResult:          destOutcome(rep, now),
+	}
+}
+
+// destinationReached returns a cleared status when the destination had
+// failures recorded, or nil when there is nothing to change.
+func (q *Queue) destinationReached(ctx context.Context, name string, now time.Time) *DestinationStatus {
+	prev, err := q.cfg.Store.Destination(ctx, name)
+	if err != nil || prev == nil || prev.ConsecutiveFailures == 0 {
+		return nil
+	}
+	return &DestinationStatus{Name: name}
+}
+
+// leased returns the message's recipients that the lease covers, in the
+// lease's order.
+func leased(l *Lease) []*Recipient {
+	out := make([]*Recipient, 0, len(l.Recipients))
+	for _, a := range l.Recipients {
+		for i := range l.Message.Recipients {
+			if l.Message.Recipients[i].Address == a {
+				out = append(out, &l.Message.Recipients[i])
+				break
+			}
+		}
+	}
+	return out
+}
+
+// outcome converts a delivery result for the store.
+func outcome(r *delivery.Result, now time.Time) *Outcome {
+	o := &Outcome{Class: r.Class, Reply: r.Reply, Stage: r.Stage, Host: r.Host, At: now}
+	if r.Err != nil {
+		o.Error = r.Err.Error()
+	}
+	return o
+}
+
+// destOutcome describes why a destination was judged unavailable, or nil.
+func destOutcome(rep *delivery.Report, now time.Time) *Outcome {
+	if !rep.DestinationUnavailable {
+		return nil
+	}
+	o := &Outcome{Class: delivery.Temporary, Reply: rep.DestinationReply, Stage: rep.DestinationStage, At: now}
+	if rep.DestinationErr != nil {
+		o.Error = rep.DestinationErr.Error()
+	}
+	return o
+}
+
+// notifyAllows reports whether a NOTIFY list asks for (or, unset, defaults
+// to) notifications of the given kind. RFC 3461 §4.1: without NOTIFY, the
+// default is FAILURE, and DELAY at the MTA's discretion; outbound sends both.
+func notifyAllows(notify []string, kind string) bool {
+	if notify == nil {
+		return kind == "FAILURE" || kind == "DELAY"
+	}
+	for _, n := range notify {
+		if n == kind {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,187 @@
+package queue
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// destState is what one run knows about a destination it has work for.
+// The store's DestinationStatus is the shared, durable memory; this is the
+// local politeness on top of it: concurrency, slow start and rate.
+type destState struct {
+	name    string
+	running int      // attempts in flight
+	queue   []*Lease // claimed, waiting for a slot or a token
+	// reached is set when an attempt reached the destination during this
+	// run. Until then (and again after it is judged unavailable) at most one
+	// attempt runs: a dead destination sees one connection, not
+	// MaxConnsPerDestination.
+	reached bool
+	// Token bucket for Config.DestinationRate.
+	tokens float64
+	filled time.Time
+}
+
+// add takes a claimed lease: it waits in its destination's queue until
+// dispatch starts it.
+func (r *runner) add(l *Lease) {
+	d := r.dests[l.Destination]
+	if d == nil {
+		d = &destState{name: l.Destination, tokens: float64(r.q.cfg.MaxConnsPerDestination)}
+		r.dests[l.Destination] = d
+	}
+	d.queue = append(d.queue, l)
+	r.waiting++
+}
+
+// dispatch starts every waiting lease that its destination's limits allow.
+func (r *runner) dispatch(now time.Time) {
+	for _, d := range r.dests {
+		for len(d.queue) > 0 && d.running < r.limit(d) {
+			l := d.queue[0]
+			if r.stale(l, now) {
+				// It waited too long for a slot: give it back, due
+				// now, rather than race the end of its lease.
+				d.queue = d.queue[1:]
+				r.waiting--
+				r.spawn(func() attemptResult {
+					r.q.release(l, leased(l), now, r.q.log)
+					return attemptResult{dest: l.Destination}
+				})
+				continue
+			}
+			if !r.take(d, now) {
+				break
+			}
+			d.queue = d.queue[1:]
+			r.waiting--
+			d.running++
+			healthy := d.reached
+			r.spawn(func() attemptResult {
+				res := r.q.attempt(r.attemptCtx, l, healthy)
+				res.slot = true
+				return res
+			})
+		}
+		r.forget(d, now)
+	}
+}
+
+// spawn runs f in a goroutine that reports on r.done.
+func (r *runner) spawn(f func() attemptResult) {
+	r.tasks++
+	go func() { r.done <- f() }()
+}
+
+// finished accounts for a goroutine's result.
+func (r *runner) finished(res attemptResult) {
+	r.tasks--
+	r.stats.add(res.stats)
+	d := r.dests[res.dest]
+	if d == nil {
+		return
+	}
+	if res.slot {
+		d.running--
+	}
+	switch {
+	case res.unavailable:
+		// RFC 5321 §4.5.4.1: "The sender MUST delay retrying a
+		// particular destination after one attempt has failed." Nothing
+		// waiting for it may start; they wait for its backoff.
+		d.reached = false
+		r.releaseWaitingUntil(d, res.nextAllowed)
+	case res.attempted:
+		d.reached = true
+	}
+	r.dispatch(r.q.cfg.Clock.Now())
+}
+
+// limit is how many attempts may run at d.
+func (r *runner) limit(d *destState) int {
+	if !d.reached {
+		return 1
+	}
+	return r.q.cfg.MaxConnsPerDestination
+}
+
+// stale reports whether a waiting lease no longer has time for an attempt:
+// less than half a lease between now and the attempt deadline.
+func (r *runner) stale(l *Lease, now time.Time) bool {
+	deadline := l.Until.Add(-r.q.cfg.LeaseFor / 10)
+	return deadline.Sub(now) < r.q.cfg.LeaseFor/2
+}
+
+// take consumes a rate token of d, if Config.DestinationRate allows one now.
+func (r *runner) take(d *destState, now time.Time) bool {
+	rate := r.q.cfg.DestinationRate
+	if rate <= 0 {
+		return true
+	}
+	burst := float64(r.q.cfg.MaxConnsPerDestination)
+	if !d.filled.IsZero() {
+		d.tokens = min(burst, d.tokens+now.Sub(d.filled).Seconds()*rate)
+	}
+	d.filled = now
+	if d.tokens < 1 {
+		return false
+	}
+	d.tokens--
+	return true
+}
+
+// nextDispatch is when a waiting lease blocked only by the rate limit may
+// start, or zero.
+func (r *runner) nextDispatch(now time.Time) time.Time {
+	rate := r.q.cfg.DestinationRate
+	if rate <= 0 {
+		return time.Time{}
+	}
+	var at time.Time
+	for _, d := range r.dests {
+		if len(d.queue) == 0 || d.running >= r.limit(d) {
+			continue
+		}
+		missing := 1 - d.tokens
+		t := d.filled.Add(time.Duration(missing / rate * float64(time.Second)))
+		at = earliest(at, t)
+	}
+	return at
+}
+
+// releaseWaitingUntil gives back the leases waiting for d, due when d's
+// backoff ends: they were never attempted.
+func (r *runner) releaseWaitingUntil(d *destState, until time.Time) {
+	for _, l := range d.queue {
+		r.spawn(func() attemptResult {
+			r.q.release(l, leased(l), until, r.q.log)
+			return attemptResult{dest: l.Destination}
+		})
+	}
+	r.waiting -= len(d.queue)
+	if n := len(d.queue); n > 0 {
+		r.q.log.LogAttrs(context.Background(), slog.LevelInfo, "destination unavailable: returned waiting work",
+			slog.String("destination", d.name), slog.Int("leases", n), slog.Time("until", until))
+	}
+	d.queue = nil
+}
+
+// releaseWaiting gives back the leases waiting for d, due now.
+func (r *runner) releaseWaiting(d *destState, now time.Time) {
+	r.releaseWaitingUntil(d, now)
+}
+
+// forget drops the state of an idle destination, so that memory follows
+// the work in flight, not every destination ever seen. A later attempt
+// starts with slow start again.
+func (r *runner) forget(d *destState, now time.Time) {
+	if d.running > 0 || len(d.queue) > 0 {
+		return
+	}
+	if rate := r.q.cfg.DestinationRate; rate > 0 && !d.filled.IsZero() &&
+		d.tokens+now.Sub(d.filled).Seconds()*rate < float64(r.q.cfg.MaxConnsPerDestination) {
+		return // its bucket is not full again yet
+	}
+	delete(r.dests, d.name)
+}

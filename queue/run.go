@@ -1,0 +1,232 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+)
+
+// Run delivers queued messages until ctx is cancelled: it claims due work
+// in next-attempt order (never scanning the queue), hands it to the
+// Deliverer within the configured limits, and records every outcome. It
+// sleeps until the store says the next recipient is due, Enqueue adds work,
+// or Config.PollInterval passes.
+//
+// When ctx is cancelled, Run stops claiming, returns the leases it had not
+// started yet, lets attempts in flight finish for up to
+// Config.ShutdownTimeout (then cancels them; their outcome is still
+// recorded), and returns nil. Nothing is lost and nothing becomes due
+// early: a recipient whose attempt was cut short waits for its schedule, or
+// for its lease to end.
+//
+// Store errors are logged and retried with backoff; Run returns an error
+// only when the store is closed, or when Run is already running.
+func (q *Queue) Run(ctx context.Context) error {
+	_, err := q.run(ctx, false)
+	return err
+}
+
+// RunOnce makes one pass over the work that is due now, as the `run
+// --once` of a command-line tool: it claims and delivers until nothing is
+// due, waits for the attempts to finish, and returns what happened. Work
+// that becomes due during the pass (notifications it queued) is included;
+// retries scheduled for later are not. Cancelling ctx stops it as it stops
+// Run.
+func (q *Queue) RunOnce(ctx context.Context) (Stats, error) {
+	return q.run(ctx, true)
+}
+
+// runner is the state of one Run: the scheduler loop owns it alone; attempt
+// goroutines report back on done.
+type runner struct {
+	q     *Queue
+	once  bool
+	start time.Time
+
+	dests   map[string]*destState // destinations with attempts running or waiting
+	waiting int                   // leases held but not started
+	tasks   int                   // goroutines that will send on done
+	done    chan attemptResult
+	stats   Stats
+
+	attemptCtx context.Context // cancelled after the shutdown timeout
+}
+
+func (q *Queue) run(ctx context.Context, once bool) (Stats, error) {
+	if !q.running.CompareAndSwap(false, true) {
+		return Stats{}, errRunning
+	}
+	defer q.running.Store(false)
+	actx, cancelAttempts := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelAttempts()
+	r := &runner{
+		q:          q,
+		once:       once,
+		start:      q.cfg.Clock.Now(),
+		dests:      map[string]*destState{},
+		done:       make(chan attemptResult),
+		attemptCtx: actx,
+	}
+	err := r.loop(ctx)
+	r.shutdown(cancelAttempts)
+	return r.stats, err
+}
+
+// loop claims and dispatches until ctx is done (or, once, until nothing is
+// due and nothing runs).
+func (r *runner) loop(ctx context.Context) error {
+	q := r.q
+	mayBeDue := true      // a claim could return work
+	var dueAt time.Time   // when the store said work is next due; zero: unknown
+	var retryAt time.Time // after a store error, no claim before this
+	failures := 0
+	for ctx.Err() == nil {
+		now := q.cfg.Clock.Now()
+		free := r.capacity(now) - r.tasks - r.waiting
+		if free > 0 && mayBeDue && !now.Before(retryAt) {
+			leases, err := q.cfg.Store.Claim(ctx, ClaimParams{
+				Now:                 now,
+				Owner:               q.cfg.Owner,
+				LeaseFor:            q.cfg.LeaseFor,
+				Limit:               free,
+				ExpireArrivedBefore: now.Add(-q.lifetime - expiryGrace),
+			})
+			switch {
+			case err == nil:
+				failures = 0
+				mayBeDue = len(leases) == free
+				for _, l := range leases {
+					r.add(l)
+				}
+				r.dispatch(now)
+				if !mayBeDue && !r.once {
+					dueAt = r.nextDue(ctx, now)
+				}
+			case ctx.Err() != nil:
+				continue
+			case errors.Is(err, ErrClosed) || r.once:
+				return err
+			default:
+				failures++
+				wait := min(time.Second<<min(failures, 10), q.cfg.PollInterval)
+				retryAt = now.Add(wait)
+				q.log.LogAttrs(ctx, slog.LevelError, "claim failed", slog.Any("error", err), slog.Duration("retry_in", wait))
+			}
+		}
+		if r.once && !mayBeDue && r.tasks == 0 && r.waiting == 0 {
+			return nil
+		}
+
+		wakeAt := r.nextDispatch(now)
+		if free := r.capacity(now) - r.tasks - r.waiting; free > 0 {
+			switch {
+			case now.Before(retryAt):
+				wakeAt = earliest(wakeAt, retryAt)
+			case !r.once && !mayBeDue:
+				poll := now.Add(q.cfg.PollInterval)
+				if dueAt.IsZero() || dueAt.After(poll) {
+					dueAt = poll
+				}
+				wakeAt = earliest(wakeAt, dueAt)
+			}
+		}
+		wakeAt = earliest(wakeAt, r.nextRamp(now))
+		var timer <-chan time.Time
+		if !wakeAt.IsZero() {
+			// Never a zero or negative wait: a store whose NextDue
+			// says "now" while Claim finds nothing must not spin.
+			timer = q.cfg.Clock.After(max(wakeAt.Sub(now), time.Millisecond))
+		}
+		select {
+		case <-ctx.Done():
+		case res := <-r.done:
+			r.finished(res)
+			if res.notified {
+				mayBeDue = true
+			}
+			if !res.dueHint.IsZero() && (dueAt.IsZero() || res.dueHint.Before(dueAt)) {
+				dueAt = res.dueHint
+			}
+		case <-q.wake:
+			mayBeDue = true
+		case <-timer:
+			now = q.cfg.Clock.Now()
+			if !dueAt.IsZero() && !now.Before(dueAt) {
+				mayBeDue, dueAt = true, time.Time{}
+			}
+			r.dispatch(now)
+		}
+	}
+	return nil
+}
+
+// nextDue asks the store when work is next due; zero when nothing waits or
+// the store cannot say (the poll interval then applies).
+func (r *runner) nextDue(ctx context.Context, now time.Time) time.Time {
+	at, ok, err := r.q.cfg.Store.NextDue(ctx, now)
+	if err != nil {
+		r.q.log.LogAttrs(ctx, slog.LevelError, "next due failed", slog.Any("error", err))
+		return time.Time{}
+	}
+	if !ok {
+		return time.Time{}
+	}
+	return at
+}
+
+// capacity is how many leases may be held at now: Workers, ramped up from 1
+// over Config.StartupRamp after the run starts.
+func (r *runner) capacity(now time.Time) int {
+	w, ramp := r.q.cfg.Workers, r.q.cfg.StartupRamp
+	el := now.Sub(r.start)
+	if ramp <= 0 || el >= ramp || w <= 1 {
+		return w
+	}
+	return 1 + int(int64(w-1)*int64(el)/int64(ramp))
+}
+
+// nextRamp is when capacity next grows, or zero.
+func (r *runner) nextRamp(now time.Time) time.Time {
+	w, ramp := r.q.cfg.Workers, r.q.cfg.StartupRamp
+	c := r.capacity(now)
+	if c >= w {
+		return time.Time{}
+	}
+	// capacity reaches c+1 once el*(w-1) >= c*ramp.
+	el := time.Duration((int64(c)*int64(ramp) + int64(w-2)) / int64(w-1))
+	return r.start.Add(el)
+}
+
+// shutdown returns the leases not started and waits for attempts in flight,
+// cancelling them after the shutdown timeout.
+func (r *runner) shutdown(cancelAttempts context.CancelFunc) {
+	now := r.q.cfg.Clock.Now()
+	for _, d := range r.dests {
+		r.releaseWaiting(d, now)
+	}
+	if r.tasks == 0 {
+		return
+	}
+	deadline := r.q.cfg.Clock.After(r.q.cfg.ShutdownTimeout)
+	for r.tasks > 0 {
+		select {
+		case res := <-r.done:
+			r.finished(res)
+		case <-deadline:
+			r.q.log.LogAttrs(context.Background(), slog.LevelWarn, "shutdown timeout: cancelling attempts in flight", slog.Int("attempts", r.tasks))
+			cancelAttempts()
+			deadline = nil
+		}
+	}
+}
+
+func earliest(a, b time.Time) time.Time {
+	switch {
+	case a.IsZero():
+		return b
+	case b.IsZero() || a.Before(b):
+		return a
+	}
+	return b
+}
