@@ -203,6 +203,29 @@ func TestRawExpectReportsMismatch(t *testing.T) {
 	}
 }
 
+func TestRawServeReportsUnofferedPipelining(t *testing.T) {
+	tb := &errorsTB{TB: t}
+	s := NewRawServer(tb, func(c *RawConn) {
+		c.Greet()
+		c.Serve("8BITMIME")
+	})
+	conn, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	r.ReadString('\n') // greeting
+	io.WriteString(conn, "EHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nQUIT\r\n")
+	io.Copy(io.Discard, r)
+	if err := s.WaitHandled(t.Context(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if n := tb.count(); n == 0 {
+		t.Error("pipelined commands without PIPELINING were not reported")
+	}
+}
+
 func TestReadData(t *testing.T) {
 	tests := []struct{ wire, want string }{
 		{".\r\n", ""},

@@ -15,21 +15,25 @@ import (
 
 // TLSConfig returns a server configuration with a fresh self-signed
 // certificate for "localhost", 127.0.0.1 and ::1, and a pool holding that
-// certificate for the client's RootCAs. The certificate is valid from an hour
-// before the wall-clock time of the call to a day after it, since the TLS
-// handshake checks it against the real clock.
+// certificate for the client's RootCAs. The certificate is valid from 1990
+// to 2100, so that a handshake succeeds whatever clock it is checked against:
+// the real one, or the fake one of a testing/synctest bubble (which starts in
+// 2000).
 func TLSConfig(tb testing.TB) (server *tls.Config, roots *x509.CertPool) {
 	tb.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		tb.Fatalf("deliverytest: generate key: %v", err)
 	}
-	now := time.Now()
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		tb.Fatalf("deliverytest: serial number: %v", err)
+	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(now.UnixNano()),
+		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: "localhost"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
+		NotBefore:             time.Date(1990, 1, 1, 0, 0, 0, 0, time.UTC),
+		NotAfter:              time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC),
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
