@@ -18,7 +18,10 @@ import (
 var ErrDrop = errors.New("deliverytest: drop the connection without a reply")
 
 // Script says how a [Server] answers. The zero value (or a nil *Script)
-// accepts everything and offers neither STARTTLS nor AUTH.
+// accepts everything and offers neither STARTTLS nor AUTH. go-smtp always
+// offers PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES, CHUNKING and SIZE, and
+// always greets with "220 <Domain> ESMTP Service Ready"; use [NewRawServer]
+// for a peer that differs there.
 //
 // Hooks are called from the goroutine serving each connection, so several may
 // run at once: a hook that keeps state must guard it. A hook returns nil to
@@ -51,6 +54,10 @@ type Script struct {
 	Domain string
 	// TLSConfig enables STARTTLS; see [TLSConfig] for a self-signed one.
 	TLSConfig *tls.Config
+	// ImplicitTLS makes connections start with a TLS handshake using
+	// TLSConfig (RFC 8314 §3, "submissions" on port 465) instead of offering
+	// STARTTLS.
+	ImplicitTLS bool
 	// EnableDSN, EnableSMTPUTF8 and EnableREQUIRETLS advertise the RFC 3461,
 	// RFC 6531 and RFC 8689 extensions and accept their parameters (go-smtp
 	// advertises REQUIRETLS only after STARTTLS).
@@ -66,7 +73,8 @@ type Script struct {
 	// unless AuthRequiresTLS is set.
 	AuthUser, AuthPassword string
 	AuthRequiresTLS        bool
-	// Debug, if set, receives a transcript of every connection.
+	// Debug, if set, receives a transcript of every connection. Connections
+	// write to it concurrently, so it must be safe for concurrent use.
 	Debug io.Writer
 }
 

@@ -2,6 +2,7 @@ package deliverytest
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"strconv"
@@ -79,6 +80,9 @@ func NewServer(tb testing.TB, script *Script) *Server {
 	if sc.Domain == "" {
 		sc.Domain = "localhost"
 	}
+	if sc.ImplicitTLS && sc.TLSConfig == nil {
+		tb.Fatal("deliverytest: Script.ImplicitTLS needs a TLSConfig")
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatalf("deliverytest: listen: %v", err)
@@ -106,7 +110,11 @@ func NewServer(tb testing.TB, script *Script) *Server {
 	s.smtp = srv
 	go func() {
 		defer close(s.serveDone)
-		if err := srv.Serve(&countingListener{ln, s}); err != nil {
+		var l net.Listener = &countingListener{ln, s}
+		if sc.ImplicitTLS {
+			l = tls.NewListener(l, sc.TLSConfig)
+		}
+		if err := srv.Serve(l); err != nil {
 			s.logf("deliverytest: serve: %v", err)
 		}
 	}()

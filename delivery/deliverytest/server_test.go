@@ -245,6 +245,25 @@ func TestServerStartTLSAndAuth(t *testing.T) {
 	}
 }
 
+func TestServerImplicitTLS(t *testing.T) {
+	cfg, roots := TLSConfig(t)
+	s := NewServer(t, &Script{TLSConfig: cfg, ImplicitTLS: true})
+	c, err := smtp.DialTLS(s.Addr, &tls.Config{RootCAs: roots, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if ok, _ := c.Extension("STARTTLS"); ok {
+		t.Error("STARTTLS offered inside implicit TLS")
+	}
+	if err := send(c, "a@example.org", []string{"b@example.com"}, "x\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if m := s.Messages(); len(m) != 1 || !m[0].TLS || m[0].Session != 1 {
+		t.Errorf("messages %+v, want one over TLS on session 1", m)
+	}
+}
+
 func TestServerLimitsAndDSN(t *testing.T) {
 	s := NewServer(t, &Script{MaxMessageBytes: 10, MaxRecipients: 1, EnableDSN: true})
 	c := dial(t, s.Addr)
