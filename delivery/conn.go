@@ -108,7 +108,16 @@ type wireConn struct {
 	block       time.Duration
 	writeErr    error
 
+	// The reply being read: octets and lines so far, the current line's
+	// length and first octets, the code, whether the current line is the
+	// last one and whether the last one has ended.
 	replyBytes, replyLines, lineBytes int
+	head                              [3]byte
+	replyCode                         int
+	lastLine, replyDone               bool
+
+	pending    []byte // octets check produced beyond what Read could return
+	pendingErr error
 }
 
 func (c *wireConn) Read(p []byte) (int, error) {
@@ -117,29 +126,105 @@ func (c *wireConn) Read(p []byte) (int, error) {
 		c.pre = c.pre[n:]
 		return n, nil
 	}
-	n, err := c.Conn.Read(p)
-	for _, b := range p[:n] {
-		c.replyBytes++
-		c.lineBytes++
-		if b == '\n' {
-			c.replyLines++
-			c.lineBytes = 0
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		if len(c.pending) == 0 {
+			return n, c.pendingErr
 		}
+		return n, nil
 	}
-	switch {
-	case c.lineBytes > c.lim.MaxLineBytes:
-		return 0, &ProtocolError{Reason: fmt.Sprintf("reply line longer than %d octets", c.lim.MaxLineBytes)}
-	case c.replyLines > c.lim.MaxLines:
-		return 0, &ProtocolError{Reason: fmt.Sprintf("reply has more than %d lines", c.lim.MaxLines)}
-	case c.replyBytes > c.lim.MaxBytes:
-		return 0, &ProtocolError{Reason: fmt.Sprintf("reply longer than %d octets", c.lim.MaxBytes)}
+	n, err := c.Conn.Read(p)
+	out, perr := c.check(p[:n])
+	if perr != nil {
+		return 0, perr
+	}
+	if len(out) > n {
+		// check inserted octets: hand out the rest on the next Read.
+		k := copy(p, out)
+		c.pending, c.pendingErr = append(c.pending[:0], out[k:]...), err
+		return k, nil
 	}
 	return n, err
+}
+
+// check follows the reply being read, octet by octet, and fails as soon as
+// it breaks RFC 5321 §4.2 or the limits. go-smtp's reader (net/textproto)
+// appends a continuation line with another code to the text and keeps
+// reading until a well-formed last line comes, which may be never; here it
+// is a protocol error at once, as is any octet after the last line, since
+// nothing was asked for it. A line that is a bare code ("250" CR LF),
+// which RFC 5321 allows and net/textproto refuses, gets a space after the
+// code: check then returns a new slice, one octet longer per such line.
+func (c *wireConn) check(b []byte) ([]byte, error) {
+	var out []byte // nil until an octet is inserted
+	for i, o := range b {
+		if c.replyDone {
+			return nil, &ProtocolError{Reason: "data after the end of a reply", Err: ErrUnexpectedData}
+		}
+		c.replyBytes++
+		c.lineBytes++
+		if c.lineBytes > c.lim.MaxLineBytes {
+			return nil, &ProtocolError{Reason: fmt.Sprintf("reply line longer than %d octets", c.lim.MaxLineBytes)}
+		}
+		if c.replyBytes > c.lim.MaxBytes {
+			return nil, &ProtocolError{Reason: fmt.Sprintf("reply longer than %d octets", c.lim.MaxBytes)}
+		}
+		eol := o == '\r' || o == '\n'
+		switch {
+		case c.lineBytes < 4 && eol:
+			return nil, &ProtocolError{Reason: "malformed reply code", Line: string(c.head[:c.lineBytes-1])}
+		case c.lineBytes < 4:
+			c.head[c.lineBytes-1] = o
+		case c.lineBytes == 4:
+			head := string(c.head[:3]) + string(o)
+			if eol {
+				head = head[:3]
+				if out == nil {
+					out = append(make([]byte, 0, len(b)+4), b[:i]...)
+				}
+				out = append(out, ' ')
+			}
+			if err := c.checkHead(head); err != nil {
+				return nil, err
+			}
+		}
+		if out != nil {
+			out = append(out, o)
+		}
+		if o == '\n' {
+			c.replyLines++
+			if c.replyLines > c.lim.MaxLines {
+				return nil, &ProtocolError{Reason: fmt.Sprintf("reply has more than %d lines", c.lim.MaxLines)}
+			}
+			c.lineBytes = 0
+			c.replyDone = c.lastLine
+		}
+	}
+	if out == nil {
+		return b, nil
+	}
+	return out, nil
+}
+
+// checkHead checks the start of a reply line, "ddd-", "ddd " or "ddd":
+// a valid code, the same as the first line's.
+func (c *wireConn) checkHead(head string) error {
+	code, last, _, err := parseReplyLine(head)
+	if err != nil {
+		return err
+	}
+	if c.replyLines > 0 && code != c.replyCode {
+		return &ProtocolError{Reason: fmt.Sprintf("continuation of a %d reply with code %d", c.replyCode, code), Line: head}
+	}
+	c.replyCode, c.lastLine = code, last
+	return nil
 }
 
 func (c *wireConn) Write(p []byte) (int, error) {
 	// No pipelining: whatever is read after a command is its reply.
 	c.replyBytes, c.replyLines, c.lineBytes = 0, 0, 0
+	c.replyDone, c.lastLine = false, false
 	if c.block > 0 {
 		c.Conn.SetWriteDeadline(c.clamp(time.Now().Add(c.block)))
 	}

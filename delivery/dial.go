@@ -264,7 +264,7 @@ func (s *session) command(conn net.Conn, br *bufio.Reader, line string, timeout 
 		return Reply{}, err
 	}
 	if br.Buffered() > 0 {
-		return r, fmt.Errorf("%w after %q", ErrUnexpectedData, shorten(r.String()))
+		return r, &ProtocolError{Reason: "data after the end of a reply", Line: shorten(r.String()), Err: ErrUnexpectedData}
 	}
 	return r, nil
 }

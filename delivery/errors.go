@@ -44,6 +44,7 @@ func (e *Error) Unwrap() error { return e.Err }
 type ProtocolError struct {
 	Reason string // what is wrong, e.g. "reply has more than 100 lines"
 	Line   string // the offending line, shortened; "" when not about one line
+	Err    error  // a sentinel such as ErrUnexpectedData, or nil
 }
 
 // Error returns e.g. `smtp protocol error: malformed reply code: "25O ok"`.
@@ -53,6 +54,9 @@ func (e *ProtocolError) Error() string {
 	}
 	return fmt.Sprintf("smtp protocol error: %s: %q", e.Reason, e.Line)
 }
+
+// Unwrap returns Err.
+func (e *ProtocolError) Unwrap() error { return e.Err }
 
 // MessageError is returned by [Deliverer.Deliver] when the call itself is
 // malformed (no recipients, no body, a recipient for another destination,

@@ -33,6 +33,11 @@ func (a *attempt) set(i int, class Class, stage Stage, host string, r Reply, err
 	res.Class, res.Stage, res.Host, res.Reply, res.Err = class, stage, host, r, nil
 	res.PossibleDuplicate = false
 	if err != nil {
+		// A connection closed because ctx ended fails with "use of closed
+		// network connection"; say why it was closed.
+		if cause := context.Cause(a.ctx); cause != nil && !errors.Is(err, cause) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
 		res.Err = &Error{Stage: stage, Host: host, Reply: r, Err: err}
 	}
 }
