@@ -101,7 +101,13 @@ func TestWire_BadReplies(t *testing.T) {
 		{"MAIL mixed codes", mailReply("250-ok", "550 no"), delivery.StageMAIL},
 		{"MAIL extra reply", mailReply("250 ok", "250 ok"), delivery.StageMAIL},
 		{"MAIL endless", func(c *deliverytest.RawConn) { c.Greet(); c.HandleEHLO(); c.HandleEHLO(); c.Expect("MAIL"); endless(c) }, delivery.StageMAIL},
-		{"MAIL long line", func(c *deliverytest.RawConn) { c.Greet(); c.HandleEHLO(); c.HandleEHLO(); c.Expect("MAIL"); longLine(c) }, delivery.StageMAIL},
+		{"MAIL long line", func(c *deliverytest.RawConn) {
+			c.Greet()
+			c.HandleEHLO()
+			c.HandleEHLO()
+			c.Expect("MAIL")
+			longLine(c)
+		}, delivery.StageMAIL},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -147,7 +153,13 @@ func TestWire_Stalls(t *testing.T) {
 		tls      delivery.TLSPolicy
 	}{
 		{name: "greeting", raw: stall, timeouts: func(t *delivery.Timeouts) { t.Greeting = 50 * time.Millisecond }, stage: delivery.StageGreeting, down: true},
-		{name: "STARTTLS handshake", raw: func(c *deliverytest.RawConn) { c.Greet(); c.HandleEHLO("STARTTLS"); c.Expect("STARTTLS"); c.Reply("220 go"); c.Block(nil) },
+		{name: "STARTTLS handshake", raw: func(c *deliverytest.RawConn) {
+			c.Greet()
+			c.HandleEHLO("STARTTLS")
+			c.Expect("STARTTLS")
+			c.Reply("220 go")
+			c.Block(nil)
+		},
 			timeouts: func(t *delivery.Timeouts) { t.STARTTLS = 50 * time.Millisecond }, stage: delivery.StageSTARTTLS, down: true, tls: delivery.TLSRequired},
 		{name: "MAIL", script: rawScript{mail: func(string) []string { return []string{} }},
 			timeouts: func(t *delivery.Timeouts) { t.Mail = 50 * time.Millisecond }, stage: delivery.StageMAIL},
