@@ -26,7 +26,7 @@
 // this order and the first that matches decides (4xx class / 5xx class):
 //
 //	rule                   4xx / 5xx                 matches (enhanced code, text)
-//	greylist               greylist                  "greylist(ed|ing)", "not yet authorized to deliver" (spamd),
+//	greylist               greylist                  "greylist(ed|ing)", "not yet authorized to deliver" (greylistd),
 //	                                                 "intentional policy rejection, please try again later" (iRedAPD)
 //	tls                    tls_required              X.7.10, X.7.11; "TLS required", "must issue a STARTTLS command first"
 //	provider tags          reputation_block          Yahoo [TSnn] [TSSnn] [BLnn], Apple [CSnn]
@@ -44,7 +44,7 @@
 //	user unknown           user_unknown              X.1.1, X.1.2, X.1.3, X.1.6, X.1.10; "user unknown", "no such user",
 //	                                                 "account disabled", "mailbox unavailable"
 //	policy                 policy_temp / policy_perm "policy", "relay access denied", "client host rejected"
-//	microsoft 4.7.5xx      greylist / —              4.7.500-4.7.699 (Exchange Online, "try again later from [IP]")
+//	microsoft 4.7.5xx      greylist / —              4.7.500-4.7.699 (Exchange Online greylisting / IP throttling)
 //	server busy            server_busy               X.4.5; "busy", "insufficient storage", "service not available"
 //	bare 4.7.1 try later   greylist / —              4.7.1 with only "try again later"
 //	policy enhanced code   — / policy_perm           X.7.X (RFC 3463: security or policy status)

@@ -151,7 +151,7 @@ var (
 	leadingEnhancedRE = regexp.MustCompile(`^#?([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)`)
 
 	// Greylisting: postgrey "Greylisted", milter-greylist "Greylisting in
-	// action", OpenBSD spamd/greylistd "is not yet authorized to deliver",
+	// action", greylistd's Exim ACL "is not yet authorized to deliver",
 	// iRedAPD "Intentional policy rejection, please try again later".
 	greylistCues = anyOf(`grey ?list`, `gray ?list`, `not yet authori[sz]ed to deliver`,
 		`intentional policy rejection, please try again later`)
@@ -258,11 +258,11 @@ var rules = []rule{
 		return r.subject(1, 1, 2, 3, 6, 10) || userUnknownCues.match(r.text)
 	}},
 	{"policy", PolicyTemp, PolicyPerm, text(policyCues)},
-	// Exchange Online refuses unfamiliar sending IPs with 451 4.7.5xx
-	// "Server busy. Please try again later from [IP]. (ASnnn)" and accepts a
-	// later retry: greylisting in effect. Treating the whole 4.7.500-4.7.699
-	// range so is an inference from such replies; codes of the range with a
-	// clearer text ("rate limited due to IP reputation") match earlier rules.
+	// Exchange Online: 451 4.7.500-4.7.699 "Server busy. Please try again
+	// later from [IP]. (ASnnn)" is its greylisting / new-IP throttling
+	// (Microsoft's Exchange Online NDR reference, as cited by the corpus).
+	// Codes of the range with a clearer text ("rate limited due to IP
+	// reputation") match earlier rules.
 	{"microsoft 4.7.5xx", Greylist, "", func(r reply) bool { return r.enh[1] == 7 && r.enh[2] >= 500 && r.enh[2] <= 699 }},
 	{"server busy", ServerBusy, ServerBusy, func(r reply) bool { return r.subject(4, 5) || busyCues.match(r.text) }},
 	// A bare "4.7.1 try again later" with nothing more specific is
