@@ -23,6 +23,27 @@
 // Message IDs in the suite are short lower-case ASCII strings of equal length,
 // so that "ordered by ID" means the same under byte order and under any SQL
 // collation.
+//
+// Where the Store documentation leaves a detail open, the suite settles it
+// as follows, and every store must agree:
+//   - Recipients come back in the order they were enqueued.
+//   - A recipient is due at exactly its NextAttempt, and a lease ends at
+//     exactly Until: Claim at that instant returns it, a millisecond earlier
+//     does not.
+//   - Claim does not change a recipient's State; it changes Attempts,
+//     LastAttempt and NextAttempt only.
+//   - A lease stays current until its Finish, a Hold or Delete of its
+//     message, or a new claim of its recipients. An expired lease that
+//     nobody claimed again can still be finished; a finished lease cannot.
+//   - Finish of a deleted message returns ErrLeaseLost.
+//   - Release sets State Deferred if the recipient was ever attempted,
+//     Queued otherwise, with NextAttempt = now.
+//   - Retry leaves Held and final recipients alone and leaves every
+//     destination it clears with NextAllowed not after now.
+//   - An idempotency key is free again once its message is gone (finished
+//     or deleted).
+//   - A Finish whose notification body fails to read changes nothing, and
+//     the lease stays current.
 package queuetest
 
 import (
