@@ -116,9 +116,14 @@ type wireConn struct {
 	replyCode                         int
 	lastLine, replyDone               bool
 
-	pending    []byte // octets check produced beyond what Read could return
-	pendingErr error
+	pending     []byte // octets check produced beyond what Read could return
+	pendingErr  error
+	unsolicited []byte // octets that came after the end of a reply
 }
+
+// desynced reports whether the server sent something nobody asked for: the
+// connection must not carry another command.
+func (c *wireConn) desynced() bool { return len(c.unsolicited) > 0 }
 
 func (c *wireConn) Read(p []byte) (int, error) {
 	if len(c.pre) > 0 {
@@ -134,77 +139,93 @@ func (c *wireConn) Read(p []byte) (int, error) {
 		}
 		return n, nil
 	}
+	if c.replyDone {
+		return 0, &ProtocolError{Reason: "read past the end of a reply"}
+	}
 	n, err := c.Conn.Read(p)
-	out, perr := c.check(p[:n])
+	out, extra, perr := c.check(p[:n])
 	if perr != nil {
 		return 0, perr
 	}
-	if len(out) > n {
+	if len(extra) > 0 && len(c.unsolicited) < c.lim.MaxLineBytes {
+		c.unsolicited = append(c.unsolicited, extra...)
+	}
+	if len(out) > len(p) {
 		// check inserted octets: hand out the rest on the next Read.
 		k := copy(p, out)
 		c.pending, c.pendingErr = append(c.pending[:0], out[k:]...), err
 		return k, nil
 	}
-	return n, err
+	return copy(p, out), err
 }
 
 // check follows the reply being read, octet by octet, and fails as soon as
 // it breaks RFC 5321 §4.2 or the limits. go-smtp's reader (net/textproto)
 // appends a continuation line with another code to the text and keeps
 // reading until a well-formed last line comes, which may be never; here it
-// is a protocol error at once, as is any octet after the last line, since
-// nothing was asked for it. A line that is a bare code ("250" CR LF),
-// which RFC 5321 allows and net/textproto refuses, gets a space after the
-// code: check then returns a new slice, one octet longer per such line.
-func (c *wireConn) check(b []byte) ([]byte, error) {
-	var out []byte // nil until an octet is inserted
+// is a protocol error at once.
+//
+// It returns the octets of the reply, and apart the ones after its last
+// line: nothing was asked for them, so the next Write fails (the two sides
+// are out of step), but the reply itself stands: a 250 to the final dot
+// followed at once by a 421 still means "delivered".
+//
+// A line that is a bare code ("250" CR LF), which RFC 5321 allows and
+// net/textproto refuses, gets a space after the code: out is then a new
+// slice, one octet longer per such line.
+func (c *wireConn) check(b []byte) (out, extra []byte, err error) {
+	inserted := false
 	for i, o := range b {
 		if c.replyDone {
-			return nil, &ProtocolError{Reason: "data after the end of a reply", Err: ErrUnexpectedData}
+			if !inserted {
+				out = b[:i]
+			}
+			return out, b[i:], nil
 		}
 		c.replyBytes++
 		c.lineBytes++
 		if c.lineBytes > c.lim.MaxLineBytes {
-			return nil, &ProtocolError{Reason: fmt.Sprintf("reply line longer than %d octets", c.lim.MaxLineBytes)}
+			return nil, nil, &ProtocolError{Reason: fmt.Sprintf("reply line longer than %d octets", c.lim.MaxLineBytes)}
 		}
 		if c.replyBytes > c.lim.MaxBytes {
-			return nil, &ProtocolError{Reason: fmt.Sprintf("reply longer than %d octets", c.lim.MaxBytes)}
+			return nil, nil, &ProtocolError{Reason: fmt.Sprintf("reply longer than %d octets", c.lim.MaxBytes)}
 		}
 		eol := o == '\r' || o == '\n'
 		switch {
 		case c.lineBytes < 4 && eol:
-			return nil, &ProtocolError{Reason: "malformed reply code", Line: string(c.head[:c.lineBytes-1])}
+			return nil, nil, &ProtocolError{Reason: "malformed reply code", Line: string(c.head[:c.lineBytes-1])}
 		case c.lineBytes < 4:
 			c.head[c.lineBytes-1] = o
 		case c.lineBytes == 4:
 			head := string(c.head[:3]) + string(o)
 			if eol {
 				head = head[:3]
-				if out == nil {
+				if !inserted {
 					out = append(make([]byte, 0, len(b)+4), b[:i]...)
+					inserted = true
 				}
 				out = append(out, ' ')
 			}
 			if err := c.checkHead(head); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
-		if out != nil {
+		if inserted {
 			out = append(out, o)
 		}
 		if o == '\n' {
 			c.replyLines++
 			if c.replyLines > c.lim.MaxLines {
-				return nil, &ProtocolError{Reason: fmt.Sprintf("reply has more than %d lines", c.lim.MaxLines)}
+				return nil, nil, &ProtocolError{Reason: fmt.Sprintf("reply has more than %d lines", c.lim.MaxLines)}
 			}
 			c.lineBytes = 0
 			c.replyDone = c.lastLine
 		}
 	}
-	if out == nil {
-		return b, nil
+	if !inserted {
+		out = b
 	}
-	return out, nil
+	return out, nil, nil
 }
 
 // checkHead checks the start of a reply line, "ddd-", "ddd " or "ddd":
@@ -222,6 +243,9 @@ func (c *wireConn) checkHead(head string) error {
 }
 
 func (c *wireConn) Write(p []byte) (int, error) {
+	if c.desynced() {
+		return 0, &ProtocolError{Reason: "unsolicited data from the server", Line: shorten(string(c.unsolicited)), Err: ErrUnexpectedData}
+	}
 	// No pipelining: whatever is read after a command is its reply.
 	c.replyBytes, c.replyLines, c.lineBytes = 0, 0, 0
 	c.replyDone, c.lastLine = false, false

@@ -90,7 +90,7 @@ func (p *pool) get(ctx context.Context, dest string, lim poolLimits, idleOK bool
 // put takes back a session after an attempt: it is kept idle if it is
 // healthy and the limits allow, and closed otherwise.
 func (p *pool) put(s *session, lim poolLimits) {
-	keep := !s.broken && lim.reuse() && s.transactions < lim.maxMsgs
+	keep := !s.broken && !s.wc.desynced() && lim.reuse() && s.transactions < lim.maxMsgs
 	p.mu.Lock()
 	dc := p.dest(s.dest)
 	if keep && len(dc.idle) < lim.maxIdle {

@@ -25,6 +25,8 @@ type rawScript struct {
 	// wire receives the exact octets of each message's data, dot-stuffing
 	// and final ".\r\n" included.
 	wire chan<- []byte
+	// quit, when set, is closed when the client sends QUIT.
+	quit chan<- struct{}
 }
 
 func (s rawScript) serve(c *deliverytest.RawConn) {
@@ -71,6 +73,9 @@ func (s rawScript) serve(c *deliverytest.RawConn) {
 			}
 		case "RSET", "NOOP":
 		case "QUIT":
+			if s.quit != nil {
+				close(s.quit)
+			}
 			c.Reply("221 bye")
 			return
 		default:
