@@ -44,7 +44,7 @@ type attemptResult struct {
 // attempt runs one lease to the end: Deliver, then record every outcome
 // with Finish. healthy says that an attempt reached the destination earlier
 // in this run, so its status needs no reset.
-func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool) attemptResult {
+func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) attemptResult {
 	res := attemptResult{dest: l.Destination}
 	msg := l.Message
 	start := q.cfg.Clock.Now()
@@ -55,6 +55,12 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool) attemptResu
 		return q.expireUnattempted(l, rcpts, start, log)
 	}
 
+	if until, closed := g.closedUntil(l.Destination, start); closed {
+		// Judged unavailable while this lease waited: RFC 5321 §4.5.4.1,
+		// wait for the destination's backoff.
+		q.release(l, rcpts, until, log)
+		return res
+	}
 	body, err := q.cfg.Store.OpenBody(ctx, msg.ID)
 	if err != nil {
 		// Deleted by an operator (the lease is lost anyway) or a store
@@ -110,17 +116,21 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool) attemptResu
 	fp := FinishParams{Lease: l, Now: now, Recipients: plan.updates}
 	if rep.DestinationUnavailable {
 		st := q.destinationFailed(fctx, l.Destination, rep, now)
+		g.block(l.Destination, now, st.NextAllowed)
 		fp.Destination = st
 		res.unavailable, res.nextAllowed = true, st.NextAllowed
-	} else if res.attempted && !healthy {
-		fp.Destination = q.destinationReached(fctx, l.Destination, now)
+	} else if res.attempted {
+		g.open(l.Destination)
+		if !healthy {
+			fp.Destination = q.destinationReached(fctx, l.Destination, now)
+		}
 	}
 	ids := q.notifications(fctx, msg, plan, now, &fp, log)
 
 	err = q.cfg.Store.Finish(fctx, fp)
 	q.cfg.Observer.Observe(Event{Kind: EventAttemptFinished, Time: now, Message: msg.ID, Arrived: msg.Arrived,
 		Destination: l.Destination, Recipients: len(rcpts), Duration: now.Sub(start),
-		DestinationUnavailable: rep.DestinationUnavailable, Result: destOutcome(rep, now)})
+		DestinationUnavailable: rep.DestinationUnavailable, Result: destOutcome(rep, now), NextAttempt: res.nextAllowed})
 	res.stats.Attempts = 1
 	if err != nil {
 		level := slog.LevelError
@@ -172,7 +182,7 @@ func (q *Queue) plan(msg *Message, rcpts []*Recipient, rep *delivery.Report, sta
 			u.State = Failed
 			p.items[i] = dsnItem{action: actionFailed}
 		default:
-			st := backoff.State{Attempts: r.Attempts, Arrived: msg.Arrived, LastAttempt: r.LastAttempt, Seed: seed(string(msg.ID), r.Address)}
+			st := ScheduleState(msg, r)
 			if r.LastAttempt.IsZero() {
 				st.LastAttempt = start
 			}
@@ -199,6 +209,16 @@ func (q *Queue) plan(msg *Message, rcpts []*Recipient, rep *delivery.Report, sta
 		p.updates[i] = u
 	}
 	return p
+}
+
+// ScheduleState returns the backoff state from which the queue computes
+// recipient r's next attempt: its attempts, the message's arrival, its last
+// attempt and a jitter seed derived from the message ID and the address, so
+// that Config.Schedule.Next(ScheduleState(m, r)) is the time the queue would
+// choose after a failure of r's latest attempt (before any reason-aware
+// adjustment). Tools use it to show a recipient's future attempts.
+func ScheduleState(m *Message, r *Recipient) backoff.State {
+	return backoff.State{Attempts: r.Attempts, Arrived: m.Arrived, LastAttempt: r.LastAttempt, Seed: seed(string(m.ID), r.Address)}
 }
 
 // delayWarningDue reports whether a deferred recipient's sender should now

@@ -3,8 +3,58 @@ package queue
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 )
+
+// gate is the run's shared list of destinations in backoff, written by the
+// attempt that judged a destination unavailable before it records the
+// verdict, and read by every attempt just before it contacts its
+// destination: an attempt claimed before the verdict but started after it
+// is given back instead of contacting the destination.
+type gate struct {
+	mu    sync.Mutex
+	until map[string]time.Time
+}
+
+// block closes dest from now until t.
+func (g *gate) block(dest string, now, t time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.until == nil {
+		g.until = map[string]time.Time{}
+	}
+	if len(g.until) >= gatePurge {
+		for d, u := range g.until {
+			if !now.Before(u) {
+				delete(g.until, d)
+			}
+		}
+	}
+	g.until[dest] = t
+}
+
+// gatePurge is the size at which block drops expired entries.
+const gatePurge = 1024
+
+// open reopens dest, after an attempt reached it.
+func (g *gate) open(dest string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.until, dest)
+}
+
+// closedUntil reports whether dest is closed at now, and until when.
+func (g *gate) closedUntil(dest string, now time.Time) (time.Time, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	t, ok := g.until[dest]
+	if ok && !now.Before(t) {
+		delete(g.until, dest) // expired: forget it
+		return time.Time{}, false
+	}
+	return t, ok
+}
 
 // destState is what one run knows about a destination it has work for.
 // The store's DestinationStatus is the shared, durable memory; this is the
@@ -59,7 +109,7 @@ func (r *runner) dispatch(now time.Time) {
 			d.running++
 			healthy := d.reached
 			r.spawn(func() attemptResult {
-				res := r.q.attempt(r.attemptCtx, l, healthy)
+				res := r.q.attempt(r.attemptCtx, l, healthy, &r.gate)
 				res.slot = true
 				return res
 			})

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base32"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -97,12 +99,12 @@ const (
 // returns nil, the message is on stable storage and will be delivered, or
 // bounced to its sender, whatever happens to this process.
 //
-// The envelope is checked before anything is written, the body while it is
-// stored: addresses against RFC 5321 (a *rfc5321.AddressError inside), line
+// Everything is checked before anything is written: addresses against RFC 5321 (a *rfc5321.AddressError inside), line
 // endings made CRLF and lines over 998 octets or NUL refused (a
 // *rfc5321.DataError inside), the size against Config.MaxMessageSize, and
 // the Received: count against [MaxReceivedHeaders]. Every refusal is an
-// *InvalidMessageError, and leaves nothing stored.
+// *InvalidMessageError, and leaves nothing stored. Bodies over 256 KiB are
+// spooled to a temporary file (os.TempDir) while they are checked.
 func (q *Queue) Enqueue(ctx context.Context, env Envelope, body io.Reader) (ID, error) {
 	if q.closed.Load() {
 		return "", ErrClosed
@@ -112,18 +114,17 @@ func (q *Queue) Enqueue(ctx context.Context, env Envelope, body io.Reader) (ID, 
 	if err != nil {
 		return "", err
 	}
-	br := &bodyReader{r: rfc5321.NewReader(body), msg: m, max: q.cfg.MaxMessageSize, atLineStart: true}
-	id, err := q.cfg.Store.Enqueue(ctx, EnqueueParams{Message: m, Body: br})
-	if br.err != nil {
-		// The store saw our refusal and stored nothing; report it as
-		// the typed error rather than however the store wrapped it.
-		return "", br.err
+	spooled, err := q.spool(body, m)
+	if err != nil {
+		return "", err
 	}
+	defer spooled.Close()
+	id, err := q.cfg.Store.Enqueue(ctx, EnqueueParams{Message: m, Body: spooled})
 	if err != nil {
 		return "", fmt.Errorf("queue: enqueue: %w", err)
 	}
 	q.log.LogAttrs(ctx, slog.LevelInfo, "queued", slog.String("id", string(id)), slog.String("from", m.From),
-		slog.Int("recipients", len(m.Recipients)), slog.Int64("size", br.r.Size()))
+		slog.Int("recipients", len(m.Recipients)), slog.Int64("size", spooled.size))
 	q.poke()
 	return id, nil
 }
@@ -264,13 +265,67 @@ func checkORCPT(s string) string {
 	return ""
 }
 
-// bodyReader feeds the store the canonical body and checks it on the way:
-// data errors, size and Received: count become an *InvalidMessageError (also
-// kept in err), and at EOF the message's EightBit is set, before the store
-// reads the message to commit it.
+// memSpool is the size up to which Enqueue keeps a canonical body in
+// memory; larger bodies are spooled to a temporary file.
+const memSpool = 256 << 10
+
+// spooled is a checked, canonical body ready for the store.
+type spooled struct {
+	io.Reader
+	size int64
+	file *os.File // nil when in memory
+}
+
+// Close removes the temporary file, if any.
+func (s *spooled) Close() error {
+	if s.file == nil {
+		return nil
+	}
+	s.file.Close()
+	return os.Remove(s.file.Name())
+}
+
+// spool reads and checks the whole body before the store sees any of it, so
+// that every refusal comes before anything is written and the message's
+// EightBit is known when the store records it.
+func (q *Queue) spool(body io.Reader, m *Message) (*spooled, error) {
+	br := &bodyReader{r: rfc5321.NewReader(body), max: q.cfg.MaxMessageSize, atLineStart: true}
+	var mem bytes.Buffer
+	n, err := io.Copy(&mem, io.LimitReader(br, memSpool+1))
+	if err == nil && n <= memSpool {
+		m.EightBit = br.r.EightBit()
+		return &spooled{Reader: bytes.NewReader(mem.Bytes()), size: n}, nil
+	}
+	var f *os.File
+	if err == nil {
+		if f, err = os.CreateTemp("", "outbound-enqueue-*"); err == nil {
+			if _, err = f.Write(mem.Bytes()); err == nil {
+				_, err = io.Copy(f, br)
+			}
+			if err == nil {
+				_, err = f.Seek(0, io.SeekStart)
+			}
+		}
+	}
+	s := &spooled{Reader: f, size: br.r.Size(), file: f}
+	if err != nil {
+		if f != nil {
+			s.Close()
+		}
+		if br.err != nil {
+			return nil, br.err
+		}
+		return nil, fmt.Errorf("queue: enqueue: reading body: %w", err)
+	}
+	m.EightBit = br.r.EightBit()
+	return s, nil
+}
+
+// bodyReader canonicalises the body and checks it on the way: data errors,
+// size and Received: count become an *InvalidMessageError (also kept in
+// err).
 type bodyReader struct {
 	r   *rfc5321.Reader
-	msg *Message
 	max int64
 	err *InvalidMessageError
 
@@ -298,14 +353,9 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	if b.max > 0 && b.r.Size() > b.max {
 		return b.fail(&InvalidMessageError{Field: "Body", Reason: fmt.Sprintf("over %d octets", b.max), Err: ErrMessageTooLarge})
 	}
-	switch {
-	case err == io.EOF:
-		b.msg.EightBit = b.r.EightBit()
-	case err != nil:
-		var de *rfc5321.DataError
-		if errors.As(err, &de) {
-			return b.fail(&InvalidMessageError{Field: "Body", Reason: "not valid message data", Err: de})
-		}
+	var de *rfc5321.DataError
+	if errors.As(err, &de) {
+		return b.fail(&InvalidMessageError{Field: "Body", Reason: "not valid message data", Err: de})
 	}
 	return n, err
 }

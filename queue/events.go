@@ -76,7 +76,9 @@ type Event struct {
 	// destination); nil when no attempt was made (expiry while the
 	// destination was in backoff).
 	Result *Outcome
-	// NextAttempt is when a deferred recipient may be tried again.
+	// NextAttempt is when a deferred recipient may be tried again, or, on
+	// EventAttemptFinished with DestinationUnavailable, when the destination
+	// may be contacted again.
 	NextAttempt time.Time
 	// Duration is how long an attempt took (EventAttemptFinished).
 	Duration time.Duration

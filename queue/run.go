@@ -51,6 +51,7 @@ type runner struct {
 	stats   Stats
 
 	attemptCtx context.Context // cancelled after the shutdown timeout
+	gate       gate            // destinations in backoff, for attempts about to start
 }
 
 func (q *Queue) run(ctx context.Context, once bool) (Stats, error) {
