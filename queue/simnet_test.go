@@ -49,8 +49,8 @@ type simServer struct {
 	connections int
 	inflight    int
 	received    []received // when keep is set
-	failing     bool      // the queue judged it unavailable …
-	nextAllowed time.Time // … until then
+	failing     bool       // the queue judged it unavailable …
+	nextAllowed time.Time  // … until then
 	delivered   map[string]int
 }
 
