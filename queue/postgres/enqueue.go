@@ -136,7 +136,6 @@ func (s *Store) enqueue(ctx context.Context, tx pgx.Tx, p queue.EnqueueParams) (
 		return "", false, err
 	}
 	b.Queue(s.q.insertDeliveries, string(m.ID), m.Arrived)
-	b.Queue(s.q.insertDestinations, string(m.ID))
 	b.Queue(s.q.notifyWork, s.channel)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return "", false, s.fail("enqueue "+string(m.ID), err)

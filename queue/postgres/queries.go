@@ -240,19 +240,29 @@ SET next_attempt = (
 WHERE dl.message_id = $1`
 
 	// claimCandidates picks the oldest due (message, destination) pairs,
-	// without locking: for each destination that may be contacted, up to
-	// $2 pairs (one while it is being probed after failures); at blocked
-	// destinations, only pairs whose message arrived before $3, so that they
-	// can be expired on time. Each branch is one index range per
-	// destination, so the cost grows with destinations and leases, not with
-	// the queue.
+	// without locking. The recursive part is a loose index scan: one index
+	// descent per destination that has waiting mail, however much waits.
+	// For each such destination that may be contacted it takes up to $2
+	// pairs (one while the destination is probed after failures); at
+	// blocked destinations, only pairs whose message arrived before $3, so
+	// that they can be expired on time. The cost grows with destinations
+	// and leases, never with the length of the queue.
 	claimCandidates = `
-SELECT c.message_id, c.destination, c.next_attempt, d.consecutive_failures > 0 AS probe
-FROM {schema}.destination d
+WITH RECURSIVE waiting (destination) AS (
+    SELECT min(destination) FROM {schema}.delivery WHERE next_attempt IS NOT NULL
+    UNION ALL
+    SELECT (SELECT min(dl.destination) FROM {schema}.delivery dl
+            WHERE dl.next_attempt IS NOT NULL AND dl.destination > w.destination)
+    FROM waiting w
+    WHERE w.destination IS NOT NULL
+)
+SELECT c.message_id, c.destination, c.next_attempt, coalesce(d.consecutive_failures, 0) > 0 AS probe
+FROM waiting w
+LEFT JOIN {schema}.destination d ON d.name = w.destination
 CROSS JOIN LATERAL (
     SELECT dl.message_id, dl.destination, dl.next_attempt
     FROM {schema}.delivery dl
-    WHERE dl.destination = d.name AND dl.next_attempt <= $1
+    WHERE dl.destination = w.destination AND dl.next_attempt <= $1
     ORDER BY dl.next_attempt
     LIMIT CASE WHEN d.consecutive_failures > 0 THEN 1 ELSE $2 END
 ) c
@@ -266,14 +276,23 @@ ORDER BY next_attempt, message_id, destination
 LIMIT $2`
 
 	// nextDue is the earliest time a pair becomes due at a destination that
-	// may then be contacted.
+	// may then be contacted, walking destinations like claimCandidates.
 	nextDue = `
+WITH RECURSIVE waiting (destination) AS (
+    SELECT min(destination) FROM {schema}.delivery WHERE next_attempt IS NOT NULL
+    UNION ALL
+    SELECT (SELECT min(dl.destination) FROM {schema}.delivery dl
+            WHERE dl.next_attempt IS NOT NULL AND dl.destination > w.destination)
+    FROM waiting w
+    WHERE w.destination IS NOT NULL
+)
 SELECT min(GREATEST(c.next_attempt, d.next_allowed))
-FROM {schema}.destination d
+FROM waiting w
+LEFT JOIN {schema}.destination d ON d.name = w.destination
 CROSS JOIN LATERAL (
     SELECT dl.next_attempt
     FROM {schema}.delivery dl
-    WHERE dl.destination = d.name AND dl.next_attempt IS NOT NULL
+    WHERE dl.destination = w.destination AND dl.next_attempt IS NOT NULL
     ORDER BY dl.next_attempt
     LIMIT 1
 ) c`
@@ -281,15 +300,6 @@ CROSS JOIN LATERAL (
 
 // destination.
 const (
-	// insertDestinations makes sure every destination of a new message has a
-	// status row (Claim walks that table). Sorted, so that two transactions
-	// inserting the same new names cannot deadlock.
-	insertDestinations = `
-INSERT INTO {schema}.destination (name)
-SELECT DISTINCT destination FROM {schema}.recipient WHERE message_id = $1
-ORDER BY 1
-ON CONFLICT (name) DO NOTHING`
-
 	insertDestination = `INSERT INTO {schema}.destination (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`
 
 	selectDestination = `
@@ -406,7 +416,6 @@ type queries struct {
 	refreshMessageDeliveries string
 	claimCandidates          string
 	nextDue                  string
-	insertDestinations       string
 	insertDestination        string
 	selectDestination        string
 	updateDestination        string
@@ -457,7 +466,6 @@ func newQueries(schema string) queries {
 		refreshMessageDeliveries: expand(refreshMessageDeliveries, schema),
 		claimCandidates:          expand(claimCandidates, schema),
 		nextDue:                  expand(nextDue, schema),
-		insertDestinations:       expand(insertDestinations, schema),
 		insertDestination:        expand(insertDestination, schema),
 		selectDestination:        expand(selectDestination, schema),
 		updateDestination:        expand(updateDestination, schema),

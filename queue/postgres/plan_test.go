@@ -1,0 +1,155 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// fillQueue adds, with plain SQL for speed, n one-recipient messages due at
+// t0 for destination dest.
+func fillQueue(t testing.TB, s *Store, dest, prefix string, n int) {
+	t.Helper()
+	const (
+		dests = `INSERT INTO {schema}.destination (name) VALUES ($1::text) ON CONFLICT DO NOTHING`
+		msgs  = `
+INSERT INTO {schema}.message (id, sender, arrived, size, eight_bit, ret, envelope_id, require_tls)
+SELECT $2::text || i, 'app@example.org', $3::timestamptz - i * interval '1 second', 0, false, '', '', false
+FROM generate_series(1, $4::int) i, (SELECT $1::text) AS unused`
+		rcpts = `
+INSERT INTO {schema}.recipient (message_id, idx, address, destination, orcpt, state, attempts,
+    next_attempt, delay_warned, possible_duplicate)
+SELECT $2::text || i, 0, 'u' || i || '@' || $1::text, $1::text, '', 'queued', 0, $3::timestamptz, false, false
+FROM generate_series(1, $4::int) i`
+		pairs = `
+INSERT INTO {schema}.delivery (message_id, destination, arrived, next_attempt)
+SELECT $2::text || i, $1::text, $3::timestamptz - i * interval '1 second', $3::timestamptz
+FROM generate_series(1, $4::int) i`
+	)
+	schema := pgx.Identifier{s.schema}.Sanitize()
+	b := new(pgx.Batch)
+	b.Queue(expand(dests, schema), dest)
+	for _, q := range []string{msgs, rcpts, pairs} {
+		b.Queue(expand(q, schema), dest, prefix, t0, n)
+	}
+	if err := s.Pool().SendBatch(context.Background(), b).Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// planNode is the part of EXPLAIN (ANALYZE, FORMAT JSON) output we read.
+type planNode struct {
+	NodeType       string     `json:"Node Type"`
+	RelationName   string     `json:"Relation Name"`
+	IndexName      string     `json:"Index Name"`
+	ActualRows     float64    `json:"Actual Rows"`
+	ActualLoops    float64    `json:"Actual Loops"`
+	RemovedByFiler float64    `json:"Rows Removed by Filter"`
+	Plans          []planNode `json:"Plans"`
+}
+
+// deliveryRowsRead sums the rows the plan read from the delivery table
+// (returned or filtered out), and lists how it read them.
+func deliveryRowsRead(n planNode) (rows float64, how []string) {
+	if n.RelationName == "delivery" {
+		rows += (n.ActualRows + n.RemovedByFiler) * n.ActualLoops
+		how = append(how, fmt.Sprintf("%s %s", n.NodeType, n.IndexName))
+	}
+	for _, c := range n.Plans {
+		r, h := deliveryRowsRead(c)
+		rows += r
+		how = append(how, h...)
+	}
+	return rows, how
+}
+
+// TestClaim_CostIndependentOfQueue checks with EXPLAIN ANALYZE that Claim
+// reads about as many delivery rows as it returns, not the 100,000
+// messages waiting for a blocked destination, in both the custom plan and
+// the generic plan a prepared statement switches to.
+func TestClaim_CostIndependentOfQueue(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills a queue of 100,000 messages")
+	}
+	t.Parallel()
+	s := newTestStore(t)
+	ctx := context.Background()
+	const queued = 100_000
+	fillQueue(t, s, "blocked.example", "b", queued)
+	for i := range 50 {
+		fillQueue(t, s, fmt.Sprintf("open%d.example", i), fmt.Sprintf("o%d-", i), 2)
+	}
+	q := expand(`UPDATE {schema}.destination SET next_allowed = $1, consecutive_failures = 3 WHERE name = 'blocked.example'`,
+		pgx.Identifier{s.schema}.Sanitize())
+	if _, err := s.Pool().Exec(ctx, q, t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pool().Exec(ctx, "ANALYZE "+pgx.Identifier{s.schema, "delivery"}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	now, limit := t0.Add(time.Minute), 10
+	for _, mode := range []string{"force_custom_plan", "force_generic_plan"} {
+		for _, expire := range []any{nil, t0.Add(-queued * time.Second)} {
+			rows, how := explainCandidates(t, s, mode, now, limit, expire)
+			t.Logf("%s, expire %v: %.0f delivery rows read via %s", mode, expire, rows, strings.Join(how, ", "))
+			if rows > 500 {
+				t.Errorf("%s: claim read %.0f delivery rows for %d leases in a queue of %d", mode, rows, limit, queued)
+			}
+		}
+	}
+	ls := mustClaim(t, s, now, "w", limit)
+	if len(ls) != limit {
+		t.Fatalf("claimed %d leases, want %d", len(ls), limit)
+	}
+	for _, l := range ls {
+		if l.Destination == "blocked.example" {
+			t.Fatalf("claimed %s at the blocked destination", l.Message.ID)
+		}
+	}
+}
+
+// explainCandidates runs claimCandidates under EXPLAIN ANALYZE with the
+// given plan_cache_mode.
+func explainCandidates(t *testing.T, s *Store, mode string, now time.Time, limit int, expire any) (float64, []string) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := s.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck
+	if _, err := tx.Exec(ctx, "SET LOCAL plan_cache_mode = "+mode); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "PREPARE candidates (timestamptz, int, timestamptz) AS "+s.q.claimCandidates); err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	// EXPLAIN takes no bind parameters: spell the values out.
+	lit := func(v any) string {
+		if tm, ok := v.(time.Time); ok {
+			return "'" + tm.Format(time.RFC3339Nano) + "'"
+		}
+		return "NULL"
+	}
+	explain := fmt.Sprintf("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE candidates (%s, %d, %s)", lit(now), 2*limit, lit(expire))
+	err = tx.QueryRow(ctx, explain).Scan(&out)
+	if _, derr := tx.Exec(ctx, "DEALLOCATE candidates"); derr != nil && err == nil {
+		err = derr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plans []struct {
+		Plan planNode `json:"Plan"`
+	}
+	if err := json.Unmarshal(out, &plans); err != nil || len(plans) != 1 {
+		t.Fatalf("EXPLAIN output: %v: %s", err, out)
+	}
+	return deliveryRowsRead(plans[0].Plan)
+}
