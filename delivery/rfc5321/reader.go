@@ -49,8 +49,10 @@ const (
 // Reader canonicalises message data as described in the package
 // documentation: it reads from an underlying reader and yields data whose
 // only line ending is CR LF, with no NUL, no line over [MaxLineLength]
-// octets, and a final CR LF. It holds at most a fixed-size buffer, whatever
-// the size of the message. A Reader is not safe for concurrent use.
+// octets, and a final CR LF. Input that is already canonical is read
+// straight into the caller's slice and returned without a copy; the rest
+// passes through a buffer no larger than 64 KiB or the caller's slice,
+// whatever the size of the message. A Reader is not safe for concurrent use.
 type Reader struct {
 	src    io.Reader
 	buf    []byte // input buffer; unread input is buf[r:w]
@@ -67,6 +69,10 @@ type Reader struct {
 	in      int64 // input octets consumed
 	size    int64 // octets returned to the caller
 	high    bool  // an octet > 127 was seen
+	// noDirect is set once the input proved not to be canonical (LF line
+	// endings, say): the rest is then likely the same, and goes straight
+	// to transform instead of being read into p and moved to buf.
+	noDirect bool
 }
 
 // NewReader returns a Reader that canonicalises the data read from r.
@@ -94,6 +100,11 @@ func (r *Reader) EightBit() bool { return r.high }
 func (r *Reader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
+	}
+	if !r.noDirect && r.ipend >= r.npend && r.r == r.w && !r.cr && r.err == nil && r.srcErr == nil {
+		if n := r.readDirect(p); n > 0 {
+			return n, nil
+		}
 	}
 	n := 0
 	for n < len(p) {
@@ -129,13 +140,84 @@ func (r *Reader) Read(p []byte) (int, error) {
 	return n, r.err
 }
 
+// readDirect is the fast path for input that is already canonical, the
+// common case: it reads straight into p and returns the prefix that needs no
+// change, without copying it. A trailing CR is held back in r.cr, and
+// anything after the first octet that needs work is moved to the buffer for
+// transform. It returns 0 when nothing could be returned as it is.
+func (r *Reader) readDirect(p []byte) int {
+	var n int
+	var err error
+	for range 100 {
+		if n, err = r.src.Read(p); n > 0 || err != nil {
+			break
+		}
+	}
+	if n == 0 && err == nil {
+		err = io.ErrNoProgress
+	}
+	r.srcErr = err
+	k, trailingCR := r.scanCanonical(p[:n])
+	used := k
+	if trailingCR {
+		r.cr = true
+		used++
+	}
+	r.in += int64(used)
+	if rest := p[used:n]; len(rest) > 0 {
+		r.noDirect = true
+		if len(r.buf) < len(rest) {
+			r.buf = make([]byte, max(minReadBuf, len(rest)))
+		}
+		r.r, r.w = 0, copy(r.buf, rest)
+	}
+	r.size += int64(k)
+	return k
+}
+
+// scanCanonical returns the length of the prefix of b that is canonical as
+// it stands, updating the line state for it. It stops before a bare LF, a
+// stray CR, a NUL or a line that becomes too long, and reports a CR that
+// ends b, whose LF (if any) is still to come.
+func (r *Reader) scanCanonical(b []byte) (k int, trailingCR bool) {
+	i := 0
+	for i < len(b) {
+		seg := b[i:min(len(b), i+MaxLineLength+1-r.lineLen)]
+		j := indexSpecial(seg)
+		if r.lineLen+j > MaxLineLength {
+			return i, false // transform reports it
+		}
+		if !r.high && hasHigh(seg[:j]) {
+			r.high = true
+		}
+		if j == len(seg) {
+			r.lineLen += j
+			i += j
+			continue
+		}
+		switch {
+		case seg[j] == '\r' && i+j+1 < len(b) && b[i+j+1] == '\n':
+			r.lineLen = 0
+			r.line++
+			i += j + 2
+		case seg[j] == '\r' && i+j+1 == len(b):
+			r.lineLen += j
+			return i + j, true
+		default: // bare LF, stray CR or NUL: transform's job
+			r.lineLen += j
+			return i + j, false
+		}
+	}
+	return i, false
+}
+
 // fill reads more input into the empty buffer.
 func (r *Reader) fill() {
 	switch {
 	case r.buf == nil:
 		r.buf = make([]byte, minReadBuf)
 	case r.w == len(r.buf) && len(r.buf) < maxReadBuf:
-		r.buf = make([]byte, 4*len(r.buf))
+		r.buf = make([]byte, min(4*len(r.buf), maxReadBuf))
 	}
 	r.r, r.w = 0, 0
 	for range 100 {

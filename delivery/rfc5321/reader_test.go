@@ -192,6 +192,20 @@ func TestReaderStreaming(t *testing.T) {
 
 // zeroThenData returns (0, nil) a few times before each read, which io.Reader
 // allows and a naive loop would spin on.
+func TestReaderReset(t *testing.T) {
+	r := NewReader(strings.NewReader("a\r\nb\x00c\n" + strings.Repeat("x", 100000)))
+	if _, err := readAll(r); !errors.Is(err, ErrNUL) {
+		t.Fatalf("first message: %v", err)
+	}
+	for _, in := range []string{"second\nmessage\r", "third\r\n", ""} {
+		r.Reset(strings.NewReader(in))
+		got, err := readAll(r)
+		if want := canonicalise(t, []byte(in)); err != nil || !bytes.Equal(got, want) || r.Size() != int64(len(want)) || r.EightBit() {
+			t.Errorf("after Reset: %q, %v, Size %d; want %q", got, err, r.Size(), want)
+		}
+	}
+}
+
 type zeroThenData struct {
 	r io.Reader
 	n int
