@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -19,8 +20,10 @@ import (
 // error and the others are run again in a new transaction, so functions must
 // have no effect outside the transaction: they may run more than once.
 
-// maxGroup bounds the functions committed together.
-const maxGroup = 1000
+const (
+	maxGroup  = 1000                 // the most writes committed together
+	maxGather = 2 * time.Millisecond // the longest a commit waits for expected writers
+)
 
 // writeFn is one write. It reports whether it changed anything; a group in
 // which nothing changed is rolled back instead of committed, so that an empty
@@ -89,22 +92,54 @@ func (c *committer) write(fn writeFn) ([]string, error) {
 }
 
 func (c *committer) run() {
+	released := 0 // writers the last commit answered; most come straight back
+	var lastCommit time.Duration
 	for req := range c.reqs {
-		group := []writeReq{req}
-	more:
-		for len(group) < maxGroup {
-			select {
-			case r, ok := <-c.reqs:
-				if !ok {
-					break more
-				}
-				group = append(group, r)
-			default:
-				break more
-			}
-		}
+		group := c.gather([]writeReq{req}, released, min(maxGather, lastCommit/2))
+		start := time.Now()
 		c.commit(group)
+		lastCommit, released = time.Since(start), len(group)
 	}
+}
+
+// gather adds to group the writes already waiting and then, for at most
+// wait, the ones still expected: after a commit answers n writers, they
+// typically resubmit within microseconds, while the next commit would
+// otherwise start with only the writers that arrived during the last one.
+// Waiting for them keeps whole groups together instead of splitting the
+// writers into two alternating halves, which doubles throughput under load.
+// A lone writer never waits: it is the one expected.
+func (c *committer) gather(group []writeReq, expect int, wait time.Duration) []writeReq {
+	var timeout <-chan time.Time
+	for len(group) < maxGroup {
+		select {
+		case r, ok := <-c.reqs:
+			if !ok {
+				return group
+			}
+			group = append(group, r)
+			continue
+		default:
+		}
+		if len(group) >= expect || wait <= 0 {
+			return group
+		}
+		if timeout == nil {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case r, ok := <-c.reqs:
+			if !ok {
+				return group
+			}
+			group = append(group, r)
+		case <-timeout:
+			return group
+		}
+	}
+	return group
 }
 
 // errNoChange rolls back a group that changed nothing.

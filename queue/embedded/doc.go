@@ -60,7 +60,6 @@
 //	rdue     (destination, NextAttempt, ID) for every waiting group: the per-destination due index
 //	ddue     (max(earliest rdue time, NextAllowed), destination): the destination-level due index
 //	arr      (Arrived, ID) for messages with waiting recipients, for expiry
-//	dmsg     (destination, ID) for List by destination
 //	corrupt  quarantined records, for inspection
 //	meta     format version and the lease token sequence
 //

@@ -14,7 +14,7 @@ import (
 type btx struct {
 	tx                                                  *bolt.Tx
 	meta, msg, body, files, idem, dest, rdue, ddue, arr *bolt.Bucket
-	dmsg, corrupt                                       *bolt.Bucket
+	corrupt                                             *bolt.Bucket
 	unlink                                              []string
 	scanned                                             int  // index entries read by Claim (see Store.claimScans)
 	dirty                                               bool // a repair or quarantine was written
@@ -25,7 +25,7 @@ func newBTx(tx *bolt.Tx) *btx {
 		tx: tx, meta: tx.Bucket(bucketMeta), msg: tx.Bucket(bucketMsg), body: tx.Bucket(bucketBody),
 		files: tx.Bucket(bucketFiles), idem: tx.Bucket(bucketIdem), dest: tx.Bucket(bucketDest),
 		rdue: tx.Bucket(bucketRDue), ddue: tx.Bucket(bucketDDue), arr: tx.Bucket(bucketArr),
-		dmsg: tx.Bucket(bucketDMsg), corrupt: tx.Bucket(bucketCorrupt),
+		corrupt: tx.Bucket(bucketCorrupt),
 	}
 }
 
@@ -66,17 +66,15 @@ func (b *btx) quarantine(id queue.ID) error {
 type msgKeys struct {
 	rdue map[string]string // rdue key → destination
 	arr  string            // "" when no recipient is waiting
-	dmsg map[string]bool
 }
 
 func keysOf(r *msgRecord) msgKeys {
-	k := msgKeys{rdue: map[string]string{}, dmsg: map[string]bool{}}
+	k := msgKeys{rdue: map[string]string{}}
 	if r == nil {
 		return k
 	}
 	id := string(r.msg.ID)
 	for _, rc := range r.msg.Recipients {
-		k.dmsg[string(dmsgKey(rc.Destination, id))] = true
 		if waiting(rc.State) {
 			k.rdue[string(rdueKey(rc.Destination, nanos(rc.NextAttempt), id))] = rc.Destination
 			k.arr = string(arrKey(r.msg.Arrived, id))
@@ -116,20 +114,6 @@ func (b *btx) putMessage(old, new *msgRecord) error {
 		}
 		if nk.arr != "" {
 			if err := b.arr.Put([]byte(nk.arr), empty); err != nil {
-				return err
-			}
-		}
-	}
-	for k := range ok.dmsg {
-		if !nk.dmsg[k] {
-			if err := b.dmsg.Delete([]byte(k)); err != nil {
-				return err
-			}
-		}
-	}
-	for k := range nk.dmsg {
-		if !ok.dmsg[k] {
-			if err := b.dmsg.Put([]byte(k), empty); err != nil {
 				return err
 			}
 		}
@@ -264,5 +248,9 @@ func (b *btx) saveDest(dest string, r *destRecord) error {
 	if !has && zeroStatus(&r.st) {
 		return b.dest.Delete([]byte(dest))
 	}
-	return b.dest.Put([]byte(dest), encodeDest(r))
+	v := encodeDest(r)
+	if bytes.Equal(b.dest.Get([]byte(dest)), v) {
+		return nil // most enqueues leave a destination as it was: no page to write
+	}
+	return b.dest.Put([]byte(dest), v)
 }

@@ -17,11 +17,10 @@ var (
 	bucketRDue    = []byte("rdue")
 	bucketDDue    = []byte("ddue")
 	bucketArr     = []byte("arr")
-	bucketDMsg    = []byte("dmsg")
 	bucketCorrupt = []byte("corrupt")
 
 	allBuckets = [][]byte{bucketMeta, bucketMsg, bucketBody, bucketFiles, bucketIdem, bucketDest,
-		bucketRDue, bucketDDue, bucketArr, bucketDMsg, bucketCorrupt}
+		bucketRDue, bucketDDue, bucketArr, bucketCorrupt}
 
 	keyFormat = []byte("format")
 )
@@ -59,7 +58,7 @@ func readTime(b []byte) int64 {
 	return int64(binary.BigEndian.Uint64(b) ^ (1 << 63))
 }
 
-// destPrefix is the key prefix of a destination in rdue and dmsg: the
+// destPrefix is the key prefix of a destination in rdue: the
 // uvarint length of the name, then the name, so that no destination's
 // prefix is a prefix of another's.
 func destPrefix(dest string) []byte {
@@ -93,10 +92,4 @@ func ddueKey(t int64, dest string) []byte {
 // ClaimParams.ExpireArrivedBefore.
 func arrKey(arrived time.Time, id string) []byte {
 	return append(appendTime(make([]byte, 0, timeLen+len(id)), nanos(arrived)), id...)
-}
-
-// dmsgKey files a message under each destination it has a recipient at, in
-// ID order, for ListParams.Destination.
-func dmsgKey(dest, id string) []byte {
-	return append(destPrefix(dest), id...)
 }

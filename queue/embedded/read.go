@@ -114,9 +114,9 @@ func (c *checkedBody) Read(p []byte) (int, error) {
 
 func (c *checkedBody) Close() error { return c.rc.Close() }
 
-// List returns messages matching p in ID order; see queue.Store. With a
-// Destination it walks that destination's entries of the dmsg index;
-// otherwise it scans messages from AfterID, decoding one at a time.
+// List returns messages matching p in ID order; see queue.Store. It scans
+// the messages from AfterID, decoding one at a time, until Limit match: it is
+// meant for operators, and keeps no index that every Enqueue would pay for.
 func (s *Store) List(ctx context.Context, p queue.ListParams) ([]*queue.Message, error) {
 	end, err := s.begin()
 	if err != nil {
@@ -136,29 +136,24 @@ func (s *Store) List(ctx context.Context, p queue.ListParams) ([]*queue.Message,
 		return okState && okDest
 	}
 	err = s.view(func(b *btx) error {
-		prefix := []byte{}
 		c := b.msg.Cursor()
-		if p.Destination != "" {
-			prefix = destPrefix(p.Destination)
-			c = b.dmsg.Cursor()
-		}
-		start := append(bytes.Clone(prefix), p.AfterID...)
-		k, _ := c.Seek(start)
+		start := []byte(p.AfterID)
+		k, v := c.Seek(start)
 		if p.AfterID != "" && bytes.Equal(k, start) {
-			k, _ = c.Next()
+			k, v = c.Next()
 		}
-		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		for ; k != nil; k, v = c.Next() {
 			if p.Limit > 0 && len(out) >= p.Limit {
 				break
 			}
 			if err := checkCtx(ctx); err != nil {
 				return err
 			}
-			r, err := b.loadMsg(queue.ID(k[len(prefix):]))
+			r, err := decodeMsg(v)
 			if err != nil {
-				return err
+				return &CorruptError{ID: queue.ID(k), Err: err}
 			}
-			if r != nil && match(r) {
+			if match(r) {
 				out = append(out, &r.msg)
 			}
 		}
