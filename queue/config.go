@@ -246,6 +246,7 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
-// errRunning is returned by Run and RunOnce when the queue is already
-// running.
-var errRunning = errors.New("queue: Run is already running")
+// ErrRunning is returned by Run and RunOnce when the queue is already
+// running: one scheduler per Queue (several Queues, in one process or
+// many, may share a Store).
+var ErrRunning = errors.New("queue: Run is already running")

@@ -56,7 +56,7 @@ type runner struct {
 
 func (q *Queue) run(ctx context.Context, once bool) (Stats, error) {
 	if !q.running.CompareAndSwap(false, true) {
-		return Stats{}, errRunning
+		return Stats{}, ErrRunning
 	}
 	defer q.running.Store(false)
 	actx, cancelAttempts := context.WithCancel(context.WithoutCancel(ctx))

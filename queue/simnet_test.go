@@ -48,6 +48,7 @@ type simServer struct {
 
 	connections int
 	inflight    int
+	maxInflight int
 	received    []received // when keep is set
 	failing     bool       // the queue judged it unavailable …
 	nextAllowed time.Time  // … until then
@@ -136,6 +137,7 @@ func (n *simNet) Deliver(ctx context.Context, dest string, msg *delivery.Message
 		n.violate("%v: %s contacted by %d attempts at once while it is being probed", now, dest, s.inflight+1)
 	}
 	s.inflight++
+	s.maxInflight = max(s.maxInflight, s.inflight)
 	c := contact{seq: len(n.contacts), at: now, dest: dest, rcpts: addrs}
 	n.mu.Unlock()
 
@@ -146,6 +148,16 @@ func (n *simNet) Deliver(ctx context.Context, dest string, msg *delivery.Message
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	s.inflight--
+	if err := ctx.Err(); err != nil {
+		// Cancelled mid-transaction: the connection is closed, every
+		// recipient is temporary, as the real deliverer reports it.
+		for _, a := range addrs {
+			rep.Results = append(rep.Results, delivery.Result{Recipient: a, Class: delivery.Temporary, Stage: delivery.StageRCPT, Err: err})
+			n.byRcpt[a] = append(n.byRcpt[a], rcptEvent{at: now, attempt: true, class: delivery.Temporary, dest: dest, from: msg.From})
+		}
+		n.contacts = append(n.contacts, c)
+		return rep, nil
+	}
 	if s.greeting != nil {
 		if r := s.greeting(now); r != nil {
 			rep.DestinationUnavailable, rep.DestinationReply, rep.DestinationStage = true, *r, delivery.StageGreeting
