@@ -108,6 +108,7 @@ type Deliverer struct {
 	randMu   sync.Mutex
 	rng      rand.Source
 	pool     pool
+	bufs     sync.Pool // *[]byte for copying message data
 }
 
 // Auth holds credentials for SMTP AUTH (RFC 4954) to a relay. Its String

@@ -336,8 +336,14 @@ func (a *attempt) sendBody(s *session, w *smtp.DataCommand, accepted []int) bool
 	s.wc.block = a.t.Block
 	defer func() { s.wc.block = 0 }()
 
-	buf := make([]byte, 32<<10)
-	if _, err := io.CopyBuffer(w, src, buf); err != nil {
+	buf, _ := a.d.bufs.Get().(*[]byte)
+	if buf == nil {
+		b := make([]byte, 8<<10) // the DotWriter buffers 4 KiB per write anyway
+		buf = &b
+	}
+	_, err := io.CopyBuffer(w, src, *buf)
+	a.d.bufs.Put(buf)
+	if err != nil {
 		// Abort without the final dot: closing the connection is the only
 		// way to end DATA without the server taking what it has.
 		s.close()
