@@ -79,7 +79,9 @@ func TestEnqueue_StoresCheckedMessage(t *testing.T) {
 
 func TestEnqueue_Refusals(t *testing.T) {
 	ok := "Subject: x\r\n\r\nhi\r\n"
-	received := func(n int) string { return strings.Repeat("Received: from a by b; Sat, 1 Jan 2000 00:00:00 +0000\r\n", n) + ok }
+	received := func(n int) string {
+		return strings.Repeat("Received: from a by b; Sat, 1 Jan 2000 00:00:00 +0000\r\n", n) + ok
+	}
 	for _, tc := range []struct {
 		name  string
 		env   queue.Envelope
