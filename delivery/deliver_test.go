@@ -47,6 +47,19 @@ func TestDeliver_Delivered(t *testing.T) {
 	}
 }
 
+// TestDeliver_NullSender: DSNs go out with MAIL FROM:<> (RFC 5321 §4.5.5).
+func TestDeliver_NullSender(t *testing.T) {
+	srv := deliverytest.NewServer(t, nil)
+	d, _, _ := testDeliverer(t, srv.Addr)
+	msg := message(testBody, "a@example.com")
+	msg.From = ""
+	rep := deliver(t, d, "example.com", msg)
+	checkResults(t, rep, want{D, delivery.StageEndData, 250})
+	if cmds := srv.Commands(); len(cmds) == 0 || cmds[0].String() != "MAIL <> 250" {
+		t.Errorf("commands = %v", cmds)
+	}
+}
+
 // TestDeliver_RcptReplies: each recipient gets its own reply's class; only
 // the accepted one is in the message (RELIABILITY §7 item 12, 13).
 func TestDeliver_RcptReplies(t *testing.T) {

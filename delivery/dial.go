@@ -150,6 +150,7 @@ func (a *attempt) handshake(h mxHost, ip netip.Addr, port int, fallback string) 
 		}
 		s.tls = tlsState(tc.ConnectionState(), cfg)
 		conn = tc
+		s.wc.Conn = tc // for quit
 	}
 
 	br := bufio.NewReader(conn)
@@ -185,6 +186,7 @@ func (a *attempt) handshake(h mxHost, ip netip.Addr, port int, fallback string) 
 			}
 			if tc != nil {
 				conn = tc
+				s.wc.Conn = tc
 			}
 		case policy == TLSRequired:
 			return nil, fail(StageSTARTTLS, Reply{}, fmt.Errorf("%w: STARTTLS not offered", ErrTLSUnavailable))

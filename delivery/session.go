@@ -104,18 +104,25 @@ func (a *attempt) run(pending []int) {
 			}
 		}
 		next, stale := a.transact(s, pending)
-		if stale && !retried && a.ctx.Err() == nil {
-			// A connection from the pool died before MAIL was answered: the
-			// server closed it while idle. No reply was seen, so taking a
-			// fresh connection is not a retry of anything the server said.
-			a.log.Debug("smtp idle connection was dead, reconnecting", "host", s.host)
-			retried = true
-			a.release(s)
-			if s, f = a.session(rt, true); f != nil {
-				a.hostFailed(f, pending)
-				return
+		if stale != nil {
+			if !retried && a.ctx.Err() == nil {
+				// A connection from the pool died before MAIL was answered:
+				// the server closed it while idle. No reply to this message
+				// was seen, so a fresh connection is not a retry of
+				// anything the server said.
+				a.log.Debug("smtp idle connection was dead, reconnecting", "host", s.host, "err", stale)
+				retried = true
+				a.release(s)
+				if s, f = a.session(rt, true); f != nil {
+					a.hostFailed(f, pending)
+					return
+				}
+				continue
 			}
-			continue
+			for _, i := range pending {
+				a.set(i, Temporary, stale.Stage, s.host, stale.Reply, stale.Err)
+			}
+			break
 		}
 		a.rep.TLS = s.tls
 		a.rep.Extensions = s.ext
@@ -233,28 +240,35 @@ func (a *attempt) reset(s *session) {
 
 // transact runs one mail transaction for batch on s and records a Result
 // for every recipient of batch except those it returns in next, which a 452
-// (or the server's RCPTMAX) left for another transaction. stale reports a
-// session from the pool that failed before MAIL was answered; its
-// recipients are then not recorded.
-func (a *attempt) transact(s *session, batch []int) (next []int, stale bool) {
+// (or the server's RCPTMAX) left for another transaction. A non-nil stale
+// reports a session from the pool that failed before MAIL was answered,
+// and why; the recipients of batch are then not recorded.
+func (a *attempt) transact(s *session, batch []int) (next []int, stale *Error) {
 	msg, c, t := a.msg, s.c, a.t
+	staleErr := func(stage Stage, err error) *Error {
+		s.close()
+		r, _ := asReply(err)
+		if r.Code != 0 {
+			err = nil
+		}
+		return &Error{Stage: stage, Host: s.host, Reply: r, Err: err}
+	}
 	if s.needHello {
 		c.CommandTimeout = t.EHLO
 		if err := c.Hello(a.d.hostname); err != nil {
 			if s.fromPool {
-				s.close()
-				return nil, true
+				return nil, staleErr(StageEHLO, err)
 			}
 			a.failed(s, batch, StageEHLO, err)
 			s.close()
-			return nil, false
+			return nil, nil
 		}
 		s.needHello = false
 		s.ext = extensions(c)
 	}
 	batch = a.checkExtensions(s, batch)
 	if len(batch) == 0 {
-		return nil, false
+		return nil, nil
 	}
 
 	needUTF8 := rfc5321.NeedsSMTPUTF8(msg.From)
@@ -271,11 +285,10 @@ func (a *attempt) transact(s *session, batch []int) (next []int, stale bool) {
 	})
 	if err != nil {
 		if r, ok := asReply(err); s.fromPool && (!ok || r.Code == 421) {
-			s.close()
-			return nil, true
+			return nil, staleErr(StageMAIL, err)
 		}
 		a.failed(s, batch, StageMAIL, err)
-		return nil, false
+		return nil, nil
 	}
 	s.fromPool = false
 
@@ -296,7 +309,7 @@ func (a *attempt) transact(s *session, batch []int) (next []int, stale bool) {
 		r, ok := asReply(err)
 		if !ok || closesConnection(r) {
 			a.failed(s, append(accepted, batch[k:]...), StageRCPT, err)
-			return nil, false
+			return nil, nil
 		}
 		if tooManyRecipients(r, len(accepted)) {
 			// RFC 5321 §4.5.3.1.10: send the rest in another transaction.
@@ -307,7 +320,7 @@ func (a *attempt) transact(s *session, batch []int) (next []int, stale bool) {
 	}
 	if len(accepted) == 0 {
 		a.reset(s)
-		return next, false
+		return next, nil
 	}
 
 	c.CommandTimeout = t.Data
@@ -315,13 +328,13 @@ func (a *attempt) transact(s *session, batch []int) (next []int, stale bool) {
 	if err != nil {
 		a.failed(s, accepted, StageDATA, err)
 		a.reset(s)
-		return next, false
+		return next, nil
 	}
 	if !a.sendBody(s, w, accepted) {
-		return next, false
+		return next, nil
 	}
 	a.log.Info("smtp delivered", "host", s.host, "recipients", len(accepted), "tls", s.tls.Encrypted)
-	return next, false
+	return next, nil
 }
 
 // sendBody streams the message and reads the reply to the final dot. It

@@ -1,6 +1,7 @@
 package delivery_test
 
 import (
+	"runtime"
 	"strings"
 	"testing"
 
@@ -24,6 +25,29 @@ func TestSink_Delivery(t *testing.T) {
 	}
 	if sessions, msgs := sink.Counters(); sessions != 1 || msgs != 3 {
 		t.Errorf("smtp-sink counted %d sessions, %d messages; want 1, 3", sessions, msgs)
+	}
+}
+
+// TestSink_LargeMessage: a 50 MB message is streamed, never held: the
+// process allocates a small fraction of it during the attempt.
+func TestSink_LargeMessage(t *testing.T) {
+	sink := deliverytest.StartSink(t)
+	d, _, _ := testDeliverer(t, sink.Addr())
+	size := int64(50 << 20)
+	if raceEnabled {
+		size = 8 << 20 // the race detector makes every octet slow
+	}
+	msg := message("", "a@example.com")
+	msg.Body, msg.Size = &lazyBody{n: size}, size
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	rep := deliver(t, d, "example.com", msg)
+	runtime.ReadMemStats(&after)
+	checkResults(t, rep, want{D, delivery.StageEndData, 250})
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("allocated %d bytes for a %d-byte message", alloc, size)
+	if alloc > uint64(size/10) {
+		t.Errorf("allocated %d bytes for a %d-byte message", alloc, size)
 	}
 }
 

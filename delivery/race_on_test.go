@@ -1,0 +1,6 @@
+//go:build race
+
+package delivery_test
+
+// raceEnabled lets slow, data-heavy tests use less data under -race.
+const raceEnabled = true
