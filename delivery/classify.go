@@ -48,16 +48,6 @@ func closesConnection(r Reply) bool {
 	return r.Code == 421 || r.Code < 400
 }
 
-// hostLevel reports whether a failure at stage concerns the host as a
-// whole, so that the next MX host or address is tried.
-func hostLevel(stage Stage) bool {
-	switch stage {
-	case StageConnect, StageGreeting, StageEHLO, StageSTARTTLS, StageAUTH:
-		return true
-	}
-	return false
-}
-
 // tooManyRecipients reports whether a RCPT reply means "no more recipients
 // in this transaction" (RFC 5321 §4.5.3.1.10: 452, or 552 from older
 // servers), given that accepted recipients are already in it. With none

@@ -129,7 +129,7 @@ func TestDeliver_TransactionReplies(t *testing.T) {
 			}
 			// A second attempt works on the same connection, unless a 421
 			// closed it.
-			rep = deliver(t, d, "example.com", message(testBody, "a@example.com"))
+			deliver(t, d, "example.com", message(testBody, "a@example.com"))
 			wantSessions := 1
 			if tt.down {
 				wantSessions = 2

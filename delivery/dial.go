@@ -29,10 +29,6 @@ type hostFailure struct {
 	plainRetry bool
 }
 
-func (f *hostFailure) asError() *Error {
-	return &Error{Stage: f.stage, Host: f.host, Reply: f.reply, Err: f.err}
-}
-
 // connect opens a session to the first host of rt that works, trying at most
 // MaxAddresses addresses (RFC 5321 §5.1), and returns the last failure when
 // none does.
