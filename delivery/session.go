@@ -221,7 +221,13 @@ func (a *attempt) failed(s *session, idx []int, stage Stage, err error) {
 	if r.Code == 421 {
 		a.destinationDown(stage, s.host, r, nil)
 	}
-	a.log.Info("smtp transaction failed", "host", s.host, "stage", stage, "reply", r.String(), "err", err, "recipients", len(idx))
+	args := []any{"host", s.host, "stage", stage, "recipients", len(idx), "class", class}
+	if isReply {
+		args = append(args, "reply", r.String())
+	} else {
+		args = append(args, "err", err)
+	}
+	a.log.Info("smtp not delivered", args...)
 }
 
 // reset ends a transaction that did not reach the final dot, so the
