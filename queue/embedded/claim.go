@@ -28,10 +28,14 @@ func (s *Store) Claim(ctx context.Context, p queue.ClaimParams) ([]*queue.Lease,
 	if p.LeaseFor <= 0 {
 		return nil, &InvalidError{Op: "Claim", Reason: "LeaseFor must be positive"}
 	}
-	var leases []*queue.Lease
+	var (
+		leases []*queue.Lease
+		scans  int
+	)
 	err = s.write(func(b *btx) (bool, error) {
 		leases = nil
 		picks, repairs := b.selectDue(p)
+		scans = b.scanned
 		changed := false
 		for _, k := range repairs {
 			if err := b.repair(k); err != nil {
@@ -50,6 +54,7 @@ func (s *Store) Claim(ctx context.Context, p queue.ClaimParams) ([]*queue.Lease,
 		}
 		return changed || b.dirty, nil
 	})
+	s.claimScans.Add(int64(scans))
 	if err != nil {
 		return nil, err
 	}
