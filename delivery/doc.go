@@ -53,7 +53,8 @@
 //	5xx to MAIL, DATA, final dot               Permanent   5321 §4.2.1 (MAIL 5xx not cached, §4.5.4.1)
 //	5xx to RCPT                                Permanent   that recipient only
 //	552 to RCPT                                Temporary   5321 §4.5.3.1.10
-//	452 (or a bare 552) to RCPT after ≥1 OK     next transaction, same connection; 5321 §4.5.3.1.10
+//	452 (or bare 552) to RCPT after an OK      (none)      sent in the next transaction, same
+//	                                                       connection, this attempt; 5321 §4.5.3.1.10
 //	4xx/5xx greeting, EHLO, STARTTLS, AUTH     Temporary   next host; Postfix smtp_skip_5xx_greeting
 //	421 at any stage                           Temporary   5321 §3.8; connection closed
 //	connect failure, timeout, connection lost  Temporary   5321 §4.5.4.1
@@ -85,6 +86,9 @@
 //
 // go-smtp matches EHLO keywords case-sensitively, so an extension a server
 // advertises in lower case is treated as absent. There is no PIPELINING
-// and no CHUNKING (go-smtp's client has neither). Non-ASCII domains are
-// passed to the resolver as they are (no IDNA conversion).
+// and no CHUNKING (go-smtp's client has neither). A new connection without
+// TLS sends EHLO twice: once here, to look for STARTTLS, once by go-smtp.
+// A message over the SIZE of the first host that answers fails without
+// trying other MX hosts, as in Postfix. Non-ASCII domains are passed to the
+// resolver as they are (no IDNA conversion).
 package delivery
