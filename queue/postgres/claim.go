@@ -67,74 +67,13 @@ func (s *Store) Claim(ctx context.Context, p queue.ClaimParams) ([]*queue.Lease,
 
 // claim is one attempt at Claim inside tx.
 func (s *Store) claim(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, limit int, until time.Time) ([]*queue.Lease, error) {
-	// Ask for more candidates than needed: some may be locked by others.
-	rows, err := tx.Query(ctx, s.q.claimCandidates, p.Now, 2*limit, nullTime(p.ExpireArrivedBefore))
-	if err != nil {
-		return nil, err
-	}
-	cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (candidate, error) {
-		var c candidate
-		err := row.Scan(&c.message, &c.destination, &c.nextAttempt, &c.probe)
-		return c, err
-	})
-	if err != nil || len(cands) == 0 {
-		return nil, err
-	}
-
-	msgs, dests := columns(cands, func(c candidate) pair { return c.pair })
-	rows, err = tx.Query(ctx, s.q.lockDeliveries, msgs, dests, p.Now)
-	if err != nil {
-		return nil, err
-	}
-	locked, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (pair, error) {
-		var pr pair
-		err := row.Scan(&pr.message, &pr.destination)
-		return pr, err
-	})
+	locked, probing, err := s.lockDue(ctx, tx, p, limit)
 	if err != nil || len(locked) == 0 {
 		return nil, err
 	}
 
-	// Probes: at most one lease per failing destination, and only for the
-	// claimer that locks its status row.
-	probing := make(map[string]bool)
-	for _, c := range cands {
-		if c.probe {
-			probing[c.destination] = false
-		}
-	}
-	if len(probing) > 0 {
-		var names []string
-		for _, pr := range locked {
-			if _, ok := probing[pr.destination]; ok {
-				names = append(names, pr.destination)
-			}
-		}
-		rows, err := tx.Query(ctx, s.q.lockProbes, names, p.Now)
-		if err != nil {
-			return nil, err
-		}
-		won, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return nil, err
-		}
-		for _, name := range won {
-			probing[name] = true
-		}
-		locked = slices.DeleteFunc(locked, func(pr pair) bool {
-			won, probe := probing[pr.destination]
-			return probe && !won
-		})
-	}
-	if len(locked) > limit {
-		locked = locked[:limit] // oldest first (lockDeliveries' order)
-	}
-	if len(locked) == 0 {
-		return nil, nil
-	}
-
-	msgs, dests = columns(locked, func(pr pair) pair { return pr })
-	rows, err = tx.Query(ctx, s.q.claimRecipients, msgs, dests, p.Now, until, p.Owner)
+	msgs, dests := columns(locked, func(pr pair) pair { return pr })
+	rows, err := tx.Query(ctx, s.q.claimRecipients, msgs, dests, p.Now, until, p.Owner)
 	if err != nil {
 		return nil, err
 	}
@@ -152,10 +91,6 @@ func (s *Store) claim(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, limit
 	if err != nil {
 		return nil, err
 	}
-	if _, err := tx.Exec(ctx, s.q.refreshDeliveries, msgs, dests); err != nil {
-		return nil, err
-	}
-
 	slices.SortFunc(got, func(a, b leased) int { return a.idx - b.idx })
 	byPair := make(map[pair]*queue.Lease, len(locked))
 	var probed, ids []string
@@ -171,13 +106,15 @@ func (s *Store) claim(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, limit
 		}
 		lease.Recipients = append(lease.Recipients, l.address)
 	}
+
+	var loaded []*queue.Message
+	b := new(pgx.Batch)
+	b.Queue(s.q.refreshDeliveries, msgs, dests)
 	if len(probed) > 0 {
-		if _, err := tx.Exec(ctx, s.q.startProbes, probed, until); err != nil {
-			return nil, err
-		}
+		b.Queue(s.q.startProbes, probed, until)
 	}
-	loaded, err := loadMessages(ctx, tx, &s.q, ids)
-	if err != nil {
+	queueLoad(b, &s.q, ids, &loaded)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return nil, err
 	}
 	byID := make(map[string]*queue.Message, len(loaded))
@@ -192,6 +129,88 @@ func (s *Store) claim(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, limit
 		}
 	}
 	return leases, nil
+}
+
+// lockDue chooses and locks up to limit due pairs, oldest first, and the
+// destinations among them it probes. Candidates are read without locks;
+// when all of them turn out to be locked by concurrent claimers, it looks
+// further down the queue (up to three times, each four times deeper), so
+// that a busy cluster does not leave a claimer empty-handed while work is
+// due.
+func (s *Store) lockDue(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, limit int) ([]pair, map[string]bool, error) {
+	fetch := 2*limit + 8
+	for round := 1; ; round++ {
+		rows, err := tx.Query(ctx, s.q.claimCandidates, p.Now, fetch, nullTime(p.ExpireArrivedBefore))
+		if err != nil {
+			return nil, nil, err
+		}
+		cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (candidate, error) {
+			var c candidate
+			err := row.Scan(&c.message, &c.destination, &c.nextAttempt, &c.probe)
+			return c, err
+		})
+		if err != nil || len(cands) == 0 {
+			return nil, nil, err
+		}
+		msgs, dests := columns(cands, func(c candidate) pair { return c.pair })
+		rows, err = tx.Query(ctx, s.q.lockDeliveries, msgs, dests, p.Now, limit)
+		if err != nil {
+			return nil, nil, err
+		}
+		locked, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (pair, error) {
+			var pr pair
+			err := row.Scan(&pr.message, &pr.destination)
+			return pr, err
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		probing, err := s.lockProbes(ctx, tx, p.Now, cands, &locked)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(locked) > 0 || len(cands) < fetch || round == 3 {
+			return locked, probing, nil
+		}
+		fetch *= 4
+	}
+}
+
+// lockProbes locks the status rows of the failing destinations among
+// locked, and drops from locked the pairs at failing destinations another
+// claimer is probing. It returns the destinations this claim probes.
+func (s *Store) lockProbes(ctx context.Context, tx pgx.Tx, now time.Time, cands []candidate, locked *[]pair) (map[string]bool, error) {
+	probing := make(map[string]bool) // failing destination → this claim won its probe
+	for _, c := range cands {
+		if c.probe {
+			probing[c.destination] = false
+		}
+	}
+	var names []string
+	for _, pr := range *locked {
+		if _, ok := probing[pr.destination]; ok {
+			names = append(names, pr.destination)
+		}
+	}
+	if len(names) == 0 {
+		return probing, nil
+	}
+	rows, err := tx.Query(ctx, s.q.lockProbes, names, now)
+	if err != nil {
+		return nil, err
+	}
+	won, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range won {
+		probing[name] = true
+	}
+	*locked = slices.DeleteFunc(*locked, func(pr pair) bool {
+		won, probe := probing[pr.destination]
+		return probe && !won
+	})
+	return probing, nil
 }
 
 // columns splits pairs into the two arrays unnest($1, $2) takes.
@@ -261,6 +280,9 @@ func (s *Store) Finish(ctx context.Context, p queue.FinishParams) error {
 	if err != nil {
 		return s.fail("finish", err)
 	}
+	if len(p.Notifications) > 0 {
+		s.wakeWorkers(ctx)
+	}
 	return nil
 }
 
@@ -270,21 +292,20 @@ func (s *Store) Finish(ctx context.Context, p queue.FinishParams) error {
 func (s *Store) finish(ctx context.Context, tx pgx.Tx, p queue.FinishParams, results [][]byte, dest []any) error {
 	l := p.Lease
 	id := string(l.Message.ID)
-	if err := tx.QueryRow(ctx, s.q.lockMessage, id).Scan(new(string)); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return queue.ErrLeaseLost // deleted
-		}
-		return err
-	}
-	if _, err := tx.Exec(ctx, s.q.lockDelivery, id, l.Destination); err != nil {
-		return err
-	}
+	var exists bool
 	var n int
-	if err := tx.QueryRow(ctx, s.q.countLeased, id, l.Token, l.Owner).Scan(&n); err != nil {
+	locks := new(pgx.Batch)
+	locks.Queue(s.q.lockMessage, id).Exec(func(tag pgconn.CommandTag) error {
+		exists = tag.RowsAffected() == 1
+		return nil
+	})
+	locks.Queue(s.q.lockDelivery, id, l.Destination)
+	locks.Queue(s.q.countLeased, id, l.Token, l.Owner).QueryRow(func(row pgx.Row) error { return row.Scan(&n) })
+	if err := tx.SendBatch(ctx, locks).Close(); err != nil {
 		return err
 	}
-	if n == 0 || n != len(l.Recipients) {
-		return queue.ErrLeaseLost
+	if !exists || n == 0 || n != len(l.Recipients) {
+		return queue.ErrLeaseLost // deleted, held, or claimed again
 	}
 
 	b := new(pgx.Batch)
@@ -300,24 +321,24 @@ func (s *Store) finish(ctx context.Context, tx pgx.Tx, p queue.FinishParams, res
 	b.Queue(s.q.endLease, id, l.Token)
 	b.Queue(s.q.refreshDeliveries, []string{id}, []string{l.Destination})
 	b.Queue(s.q.deleteMessageIfFinal, id)
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return err
-	}
-
-	for _, np := range p.Notifications {
-		if _, _, err := s.enqueue(ctx, tx, np); err != nil {
-			return err
-		}
-	}
-	if dest != nil {
-		b := new(pgx.Batch)
-		b.Queue(s.q.insertDestination, l.Destination)
-		b.Queue(s.q.updateDestination, dest...)
+	if len(p.Notifications) > 0 {
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return err
 		}
+		for _, np := range p.Notifications {
+			if _, _, err := s.enqueue(ctx, tx, np, false); err != nil {
+				return err
+			}
+		}
+		b = new(pgx.Batch)
 	}
-	return nil
+	// The destination row last: it is the one other transactions contend
+	// for, so it is held for the shortest time.
+	if dest != nil {
+		b.Queue(s.q.insertDestination, l.Destination)
+		b.Queue(s.q.updateDestination, dest...)
+	}
+	return tx.SendBatch(ctx, b).Close()
 }
 
 // rewinder returns a function that seeks every notification body back to

@@ -27,15 +27,17 @@ func (s *Store) Enqueue(ctx context.Context, p queue.EnqueueParams) (queue.ID, e
 		return "", s.fail("enqueue", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	id, inserted, err := s.enqueue(ctx, tx, p)
+	id, inserted, err := s.enqueue(ctx, tx, p, false)
 	if err != nil {
 		return "", err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		if inserted && s.committed(ctx, id) {
-			return id, nil
+		if !inserted || !s.committed(ctx, id) {
+			return "", s.fail("enqueue "+string(id)+": commit", err)
 		}
-		return "", s.fail("enqueue "+string(id)+": commit", err)
+	}
+	if inserted {
+		s.wakeWorkers(ctx)
 	}
 	return id, nil
 }
@@ -65,7 +67,7 @@ func (s *Store) EnqueueTx(ctx context.Context, tx pgx.Tx, p queue.EnqueueParams)
 	if err != nil {
 		return "", s.fail("enqueue", err)
 	}
-	id, _, err := s.enqueue(ctx, sp, p)
+	id, _, err := s.enqueue(ctx, sp, p, true)
 	if err != nil {
 		if rerr := sp.Rollback(ctx); rerr != nil {
 			return "", errors.Join(err, s.fail("enqueue: rollback to savepoint", rerr))
@@ -78,9 +80,10 @@ func (s *Store) EnqueueTx(ctx context.Context, tx pgx.Tx, p queue.EnqueueParams)
 	return id, nil
 }
 
-// enqueue does the work of Enqueue inside tx. inserted is false when an
-// existing message with the same idempotency key was found instead.
-func (s *Store) enqueue(ctx context.Context, tx pgx.Tx, p queue.EnqueueParams) (id queue.ID, inserted bool, err error) {
+// enqueue does the work of Enqueue inside tx, with a NOTIFY in tx if
+// notify is set. inserted is false when an existing message with the same
+// idempotency key was found instead.
+func (s *Store) enqueue(ctx context.Context, tx pgx.Tx, p queue.EnqueueParams, notify bool) (id queue.ID, inserted bool, err error) {
 	m := p.Message
 	if m == nil || m.ID == "" {
 		return "", false, errors.New("postgres: enqueue: message without ID")
@@ -136,7 +139,9 @@ func (s *Store) enqueue(ctx context.Context, tx pgx.Tx, p queue.EnqueueParams) (
 		return "", false, err
 	}
 	b.Queue(s.q.insertDeliveries, string(m.ID), m.Arrived)
-	b.Queue(s.q.notifyWork, s.channel)
+	if notify {
+		b.Queue(s.q.notifyWork, s.channel)
+	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return "", false, s.fail("enqueue "+string(m.ID), err)
 	}

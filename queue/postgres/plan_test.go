@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/outboundmail/outbound/queue"
 )
 
 // fillQueue adds, with plain SQL for speed, n one-recipient messages due at
@@ -110,6 +112,22 @@ func TestClaim_CostIndependentOfQueue(t *testing.T) {
 		if l.Destination == "blocked.example" {
 			t.Fatalf("claimed %s at the blocked destination", l.Message.ID)
 		}
+	}
+	// The five oldest messages at the blocked destination are due for
+	// expiry; the 90 open pairs not claimed above are due as usual.
+	ls, err := s.Claim(ctx, queue.ClaimParams{Now: now, Owner: "w", LeaseFor: leaseFor, Limit: 1000,
+		ExpireArrivedBefore: t0.Add(-(queued - 5) * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocked := 0
+	for _, l := range ls {
+		if l.Destination == "blocked.example" {
+			blocked++
+		}
+	}
+	if blocked != 5 || len(ls) != 95 {
+		t.Fatalf("claim with expiry: %d leases, %d at the blocked destination; want 95 and 5", len(ls), blocked)
 	}
 }
 

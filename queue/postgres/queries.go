@@ -85,6 +85,14 @@ WHERE m.id = $1
         SELECT 1 FROM {schema}.recipient r
         WHERE r.message_id = m.id AND r.state NOT IN ('delivered', 'failed', 'expired'))`
 
+	// wakeWorkers is notifyWork on its own after a commit, in a transaction
+	// that does not wait for the WAL flush: NOTIFY serialises the commits of
+	// all notifying transactions (a database-wide lock held through the
+	// flush), so a NOTIFY inside every enqueue would defeat group commit.
+	// Losing a wakeup in a crash is harmless: workers also poll. {channel}
+	// is the quoted channel name. Several statements: simple protocol.
+	wakeWorkers = `BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_notify({channel}, ''); COMMIT`
+
 	// notifyWork wakes listeners (Store.Wakeups) on every node. Inside a
 	// transaction it is delivered only if and when that commits.
 	notifyWork = `SELECT pg_notify($1, '')`
@@ -168,13 +176,15 @@ SET state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END,
     next_attempt = $2
 WHERE message_id = $1 AND state = 'held'`
 
-	// retryRecipients makes waiting recipients due at $2. A recipient under
-	// a live lease stays leased: the worker's Finish still counts, and the
-	// recipient is claimable when that lease ends.
+	// retryRecipients makes waiting recipients due at $2. A recipient
+	// under a live lease is left alone (its worker's Finish still counts);
+	// an expired lease ends.
 	retryRecipients = `
 UPDATE {schema}.recipient
-SET next_attempt = $2
-WHERE message_id = $1 AND state IN ('queued', 'deferred')
+SET next_attempt = $2, lease_token = NULL, lease_owner = NULL, lease_until = NULL
+WHERE message_id = $1
+  AND state IN ('queued', 'deferred')
+  AND NOT (lease_token IS NOT NULL AND lease_until > $2)
 RETURNING destination`
 )
 
@@ -190,15 +200,17 @@ FROM {schema}.recipient r
 WHERE r.message_id = $1
 GROUP BY r.message_id, r.destination`
 
-	// lockDeliveries locks the chosen pairs that are still due, skipping
-	// those another transaction holds: concurrent claimers never wait for
-	// each other and never lease the same recipient twice.
+	// lockDeliveries locks up to $4 of the candidate pairs that are still
+	// due, oldest first, skipping those another transaction holds:
+	// concurrent claimers never wait for each other and never lease the
+	// same recipient twice.
 	lockDeliveries = `
 SELECT message_id, destination
 FROM {schema}.delivery
 WHERE (message_id, destination) IN (SELECT * FROM unnest($1::text[], $2::text[]))
   AND next_attempt <= $3
 ORDER BY next_attempt, message_id, destination
+LIMIT $4
 FOR UPDATE SKIP LOCKED`
 
 	// lockMessageDeliveries locks all pairs of a message, in a fixed order,
@@ -243,10 +255,11 @@ WHERE dl.message_id = $1`
 	// without locking. The recursive part is a loose index scan: one index
 	// descent per destination that has waiting mail, however much waits.
 	// For each such destination that may be contacted it takes up to $2
-	// pairs (one while the destination is probed after failures); at
-	// blocked destinations, only pairs whose message arrived before $3, so
-	// that they can be expired on time. The cost grows with destinations
-	// and leases, never with the length of the queue.
+	// pairs (one while the destination is probed after failures). Pairs
+	// whose message arrived before $3 are due wherever they wait, even at a
+	// blocked destination, so that they can be expired on time; they are
+	// never probes. The cost grows with destinations and leases, never with
+	// the length of the queue.
 	claimCandidates = `
 WITH RECURSIVE waiting (destination) AS (
     SELECT min(destination) FROM {schema}.delivery WHERE next_attempt IS NOT NULL
@@ -255,23 +268,28 @@ WITH RECURSIVE waiting (destination) AS (
             WHERE dl.next_attempt IS NOT NULL AND dl.destination > w.destination)
     FROM waiting w
     WHERE w.destination IS NOT NULL
-)
-SELECT c.message_id, c.destination, c.next_attempt, coalesce(d.consecutive_failures, 0) > 0 AS probe
-FROM waiting w
-LEFT JOIN {schema}.destination d ON d.name = w.destination
-CROSS JOIN LATERAL (
-    SELECT dl.message_id, dl.destination, dl.next_attempt
+), contactable AS (
+    SELECT c.message_id, c.destination, c.next_attempt, coalesce(d.consecutive_failures, 0) > 0 AS probe
+    FROM waiting w
+    LEFT JOIN {schema}.destination d ON d.name = w.destination
+    CROSS JOIN LATERAL (
+        SELECT dl.message_id, dl.destination, dl.next_attempt
+        FROM {schema}.delivery dl
+        WHERE dl.destination = w.destination AND dl.next_attempt <= $1
+        ORDER BY dl.next_attempt
+        LIMIT CASE WHEN d.consecutive_failures > 0 THEN 1 ELSE $2 END
+    ) c
+    WHERE d.next_allowed IS NULL OR d.next_allowed <= $1
+), expiring AS (
+    SELECT dl.message_id, dl.destination, dl.next_attempt, false AS probe
     FROM {schema}.delivery dl
-    WHERE dl.destination = w.destination AND dl.next_attempt <= $1
-    ORDER BY dl.next_attempt
-    LIMIT CASE WHEN d.consecutive_failures > 0 THEN 1 ELSE $2 END
-) c
-WHERE d.next_allowed IS NULL OR d.next_allowed <= $1
-UNION ALL
-SELECT dl.message_id, dl.destination, dl.next_attempt, false
-FROM {schema}.delivery dl
-JOIN {schema}.destination d ON d.name = dl.destination
-WHERE dl.arrived < $3 AND dl.next_attempt <= $1 AND d.next_allowed > $1
+    WHERE dl.arrived < $3 AND dl.next_attempt <= $1
+    ORDER BY dl.arrived
+    LIMIT $2
+)
+SELECT message_id, destination, min(next_attempt) AS next_attempt, bool_or(probe) AS probe
+FROM (SELECT * FROM contactable UNION ALL SELECT * FROM expiring) AS c
+GROUP BY message_id, destination
 ORDER BY next_attempt, message_id, destination
 LIMIT $2`
 
@@ -332,11 +350,12 @@ FOR UPDATE SKIP LOCKED`
 	startProbes = `UPDATE {schema}.destination SET next_allowed = $2 WHERE name = ANY($1)`
 
 	// clearBackoff is the operator's flush: the destinations may be
-	// contacted at once.
+	// contacted at $2. Their failure count stays, so a failing destination
+	// is still probed by one worker first.
 	clearBackoff = `
 UPDATE {schema}.destination
-SET next_allowed = NULL, consecutive_failures = 0, first_failure = NULL
-WHERE name = ANY($1)`
+SET next_allowed = NULL
+WHERE name = ANY($1) AND next_allowed > $2`
 )
 
 // destination_slot.
@@ -379,8 +398,12 @@ WHERE destination = $1 AND until > $2`
 // expand returns q with {schema} replaced by the quoted schema name.
 func expand(q, schema string) string { return strings.ReplaceAll(q, "{schema}", schema) }
 
+// quoteLiteral returns s as an SQL string literal.
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
 // queries holds the statements with the schema filled in, built once per store.
 type queries struct {
+	wakeWorkers              string
 	createSchema             string
 	createMigrationTable     string
 	lockMigrations           string
@@ -429,8 +452,9 @@ type queries struct {
 	countSlots               string
 }
 
-func newQueries(schema string) queries {
+func newQueries(schema, channel string) queries {
 	return queries{
+		wakeWorkers:              strings.ReplaceAll(wakeWorkers, "{channel}", quoteLiteral(channel)),
 		createSchema:             expand(createSchema, schema),
 		createMigrationTable:     expand(createMigrationTable, schema),
 		lockMigrations:           expand(lockMigrations, schema),

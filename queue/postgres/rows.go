@@ -147,17 +147,38 @@ func loadRecipients(ctx context.Context, q querier, sql *queries, msgs []*queue.
 	if len(msgs) == 0 {
 		return nil
 	}
-	byID := make(map[string]*queue.Message, len(msgs))
 	ids := make([]string, len(msgs))
 	for i, m := range msgs {
 		ids[i] = string(m.ID)
-		byID[ids[i]] = m
 	}
 	rows, err := q.Query(ctx, sql.selectRecipients, ids)
 	if err != nil {
 		return err
 	}
+	return scanRecipients(rows, msgs)
+}
+
+// queueLoad adds to b the two queries that load the messages ids with
+// their recipients into *msgs.
+func queueLoad(b *pgx.Batch, sql *queries, ids []string, msgs *[]*queue.Message) {
+	b.Queue(sql.selectMessages, ids).Query(func(rows pgx.Rows) error {
+		var err error
+		*msgs, err = pgx.CollectRows(rows, scanMessage)
+		return err
+	})
+	b.Queue(sql.selectRecipients, ids).Query(func(rows pgx.Rows) error {
+		return scanRecipients(rows, *msgs)
+	})
+}
+
+// scanRecipients reads the rows of selectRecipients into msgs, and closes
+// rows.
+func scanRecipients(rows pgx.Rows, msgs []*queue.Message) error {
 	defer rows.Close()
+	byID := make(map[string]*queue.Message, len(msgs))
+	for _, m := range msgs {
+		byID[string(m.ID)] = m
+	}
 	for rows.Next() {
 		var (
 			id, state   string
@@ -178,8 +199,9 @@ func loadRecipients(ctx context.Context, q querier, sql *queries, msgs []*queue.
 		}
 		r.NextAttempt = r.NextAttempt.UTC()
 		r.LastAttempt = fromNull(lastAttempt)
-		m := byID[id]
-		m.Recipients = append(m.Recipients, r)
+		if m := byID[id]; m != nil {
+			m.Recipients = append(m.Recipients, r)
+		}
 	}
 	return rows.Err()
 }

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 var (
@@ -108,19 +107,14 @@ func (s *Store) ReleaseSlot(ctx context.Context, slot *Slot, until time.Time) er
 	if err := s.check(); err != nil {
 		return err
 	}
-	var lost bool
-	b := new(pgx.Batch)
-	b.Queue(s.q.releaseSlot, slot.Destination, slot.Number, slot.Token, until).Exec(func(tag pgconn.CommandTag) error {
-		lost = tag.RowsAffected() == 0
-		return nil
-	})
-	b.Queue(s.q.notifyWork, s.channel)
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+	tag, err := s.pool.Exec(ctx, s.q.releaseSlot, slot.Destination, slot.Number, slot.Token, until)
+	if err != nil {
 		return s.fail("release slot", err)
 	}
-	if lost {
+	if tag.RowsAffected() == 0 {
 		return ErrSlotLost
 	}
+	s.wakeWorkers(ctx)
 	return nil
 }
 

@@ -111,15 +111,15 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts *Options) (*Store, error)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	quoted := pgx.Identifier{o.Schema}.Sanitize()
+	channel := "outbound " + o.Schema
 	s := &Store{
 		pool:      pool,
 		schema:    o.Schema,
-		channel:   "outbound " + o.Schema,
+		channel:   channel,
 		chunkSize: o.ChunkSize,
 		clock:     o.Clock,
 		logger:    o.Logger,
-		q:         newQueries(quoted),
+		q:         newQueries(pgx.Identifier{o.Schema}.Sanitize(), channel),
 		wake:      make(chan struct{}, 1),
 		stopped:   make(chan struct{}),
 	}
@@ -274,23 +274,21 @@ func (s *Store) Hold(ctx context.Context, id queue.ID) error {
 	return s.operate(ctx, "hold", id, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, s.q.holdRecipients, string(id))
 		return err
-	})
+	}, false)
 }
 
 // Release returns held recipients to Deferred (Queued if never attempted),
 // due at now.
 func (s *Store) Release(ctx context.Context, id queue.ID, now time.Time) error {
 	return s.operate(ctx, "release", id, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, s.q.releaseRecipients, string(id), now); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, s.q.notifyWork, s.channel)
+		_, err := tx.Exec(ctx, s.q.releaseRecipients, string(id), now)
 		return err
-	})
+	}, true)
 }
 
-// Retry makes every waiting recipient of a message due at now and clears
-// the backoff of their destinations. A recipient under a live lease stays
+// Retry makes every waiting recipient of a message due at now and lets
+// their destinations be contacted at now (their failure count stays, so a
+// failing one is still probed first). A recipient under a live lease stays
 // leased (its worker's Finish still counts) and is due when the lease ends.
 func (s *Store) Retry(ctx context.Context, id queue.ID, now time.Time) error {
 	return s.operate(ctx, "retry", id, func(tx pgx.Tx) error {
@@ -302,18 +300,15 @@ func (s *Store) Retry(ctx context.Context, id queue.ID, now time.Time) error {
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, s.q.clearBackoff, dests); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, s.q.notifyWork, s.channel)
+		_, err = tx.Exec(ctx, s.q.clearBackoff, dests, now)
 		return err
-	})
+	}, true)
 }
 
 // operate runs an operator action on one message under the lock order of
-// doc.go (message, then its deliveries, then recipients), and recomputes
-// when its deliveries are due.
-func (s *Store) operate(ctx context.Context, op string, id queue.ID, change func(pgx.Tx) error) error {
+// doc.go (message, then its deliveries, then recipients), recomputes when
+// its deliveries are due, and wakes workers after the commit if wake is set.
+func (s *Store) operate(ctx context.Context, op string, id queue.ID, change func(pgx.Tx) error, wake bool) error {
 	if err := s.check(); err != nil {
 		return err
 	}
@@ -339,7 +334,18 @@ func (s *Store) operate(ctx context.Context, op string, id queue.ID, change func
 	if err != nil {
 		return s.fail(op, err)
 	}
+	if wake {
+		s.wakeWorkers(ctx)
+	}
 	return nil
+}
+
+// wakeWorkers notifies the listeners of every node after a commit (see
+// the query). A failure only costs latency, so it is logged, not returned.
+func (s *Store) wakeWorkers(ctx context.Context) {
+	if _, err := s.pool.Exec(context.WithoutCancel(ctx), s.q.wakeWorkers); err != nil && !s.closed.Load() {
+		s.logger.Warn("outbound: postgres NOTIFY failed", "schema", s.schema, "err", err)
+	}
 }
 
 // Delete removes a message and its body. No DSN is sent; a worker holding a
@@ -348,7 +354,7 @@ func (s *Store) Delete(ctx context.Context, id queue.ID) error {
 	return s.operate(ctx, "delete", id, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, s.q.deleteMessage, string(id))
 		return err
-	})
+	}, false)
 }
 
 // OpenBody streams the stored body of a message one chunk at a time, each
