@@ -155,14 +155,3 @@ func all(t testing.TB, s queue.Store) []*queue.Message {
 	}
 	return ms
 }
-
-// notifications returns the messages in s sent by the null sender: DSNs.
-func notifications(t testing.TB, s queue.Store) []*queue.Message {
-	var out []*queue.Message
-	for _, m := range all(t, s) {
-		if m.From == "" {
-			out = append(out, m)
-		}
-	}
-	return out
-}
