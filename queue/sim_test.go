@@ -320,3 +320,46 @@ func mixedNetwork(n *simNet, rng *rand.Rand, start time.Time) []string {
 	}})
 	return names
 }
+
+// Reason-aware retry: the time from a greylisting reply to delivery, when
+// the server states its window and when it does not.
+func TestSim_GreylistToDelivery(t *testing.T) {
+	type result struct{ stated, unstated time.Duration }
+	results := map[time.Duration]*result{}
+	windows := []time.Duration{time.Minute, 2 * time.Minute, 5 * time.Minute, 15 * time.Minute, time.Hour}
+	for _, w := range windows {
+		results[w] = &result{}
+		for _, stated := range []bool{true, false} {
+			text := "Greylisted, please try again later"
+			if stated {
+				text = "<%s>: Greylisting in action, please come back in %d seconds"
+			}
+			synctest.Test(t, func(t *testing.T) {
+				b := setup(t, queue.Config{Schedule: backoff.Schedule{Jitter: -1}})
+				b.net.add("grey.example", &simServer{rcpt: greylisterText(w, text)})
+				start := time.Now()
+				enqueue(t, b.q, "app@app.test", "a@grey.example")
+				runFor(t, b.q, 3*time.Hour)
+				d := b.net.outcomes("a@grey.example", queue.EventDelivered)
+				if len(d) != 1 {
+					t.Fatalf("window %v: not delivered", w)
+				}
+				if stated {
+					results[w].stated = d[0].at.Sub(start)
+				} else {
+					results[w].unstated = d[0].at.Sub(start)
+				}
+			})
+		}
+	}
+	for _, w := range windows {
+		r := results[w]
+		t.Logf("greylist window %-6v: delivered after %-8v when the reply states it, %v when it does not", w, r.stated, r.unstated)
+		if r.stated < w || r.stated > r.unstated {
+			t.Errorf("window %v: delivered after %v with the stated window, %v without", w, r.stated, r.unstated)
+		}
+		if w <= 4*time.Minute && r.stated != w+30*time.Second {
+			t.Errorf("window %v: delivered after %v, want just after the window (%v)", w, r.stated, w+30*time.Second)
+		}
+	}
+}

@@ -314,6 +314,13 @@ func always(code int, enh delivery.EnhancedCode, text string) func(time.Time, st
 // attempt of a (sender, recipient) pair starts its window; attempts within
 // it get a 450 that states the window; later attempts are accepted.
 func greylister(window time.Duration) func(time.Time, string, string) delivery.Reply {
+	return greylisterText(window, "<%s>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/example.com.html; try again in %d seconds")
+}
+
+// greylisterText is greylister with its own reply text: a format with the
+// recipient (%s) and the rest of the window in seconds (%d), as
+// milter-greylist states it, or a fixed text that states no window.
+func greylisterText(window time.Duration, text string) func(time.Time, string, string) delivery.Reply {
 	var mu sync.Mutex
 	first := map[string]time.Time{}
 	return func(now time.Time, from, to string) delivery.Reply {
@@ -325,9 +332,11 @@ func greylister(window time.Duration) func(time.Time, string, string) delivery.R
 			first[k], t = now, now
 		}
 		if now.Sub(t) < window {
-			return delivery.Reply{Code: 450, Enhanced: delivery.EnhancedCode{4, 2, 0},
-				Text: "<" + to + ">: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/example.com.html; try again in " +
-					strconv.Itoa(int(window.Seconds())) + " seconds"}
+			say := text
+			if strings.Contains(text, "%") {
+				say = fmt.Sprintf(text, to, int((window - now.Sub(t)).Seconds()))
+			}
+			return delivery.Reply{Code: 450, Enhanced: delivery.EnhancedCode{4, 2, 0}, Text: say}
 		}
 		return delivery.Reply{Code: 250, Enhanced: delivery.EnhancedCode{2, 1, 5}, Text: "ok"}
 	}
