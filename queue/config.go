@@ -12,6 +12,7 @@ import (
 
 	"github.com/outboundmail/outbound/backoff"
 	"github.com/outboundmail/outbound/delivery"
+	"github.com/outboundmail/outbound/delivery/rfc5321"
 )
 
 // Deliverer is what the queue needs from the delivery engine:
@@ -227,10 +228,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Hostname == "" {
 		h, err := os.Hostname()
-		if err != nil || h == "" {
+		if err != nil || rfc5321.CheckDomain(h) != nil {
 			h = "localhost"
 		}
 		c.Hostname = h
+	} else if err := rfc5321.CheckDomain(c.Hostname); err != nil {
+		return c, &ConfigError{Field: "Hostname", Reason: "not a domain name", Err: err}
 	}
 	if c.Owner == "" {
 		var b [4]byte

@@ -346,6 +346,7 @@ func TestNew_Config(t *testing.T) {
 		{"BadSchedule", queue.Config{Store: s, Deliverer: n, Schedule: backoff.Schedule{Multiplier: 0.5}}, "Schedule"},
 		{"NegativeWorkers", queue.Config{Store: s, Deliverer: n, Workers: -1}, "Workers"},
 		{"NegativeRate", queue.Config{Store: s, Deliverer: n, DestinationRate: -1}, "DestinationRate"},
+		{"BadHostname", queue.Config{Store: s, Deliverer: n, Hostname: "mta.test\r\nBcc: x"}, "Hostname"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := queue.New(tc.cfg)
