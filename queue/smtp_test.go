@@ -120,3 +120,39 @@ func TestSMTP_EndToEnd(t *testing.T) {
 		t.Fatalf("pass at +6m: %+v; grey got %d messages, down saw %d connections", st, len(grey.Messages()), down.Sessions())
 	}
 }
+
+// Property 3 over real TCP: a destination whose greeting is 421 sees about
+// as many connections in 24 hours with 1,000 messages waiting as with one.
+// The queue runs one pass per virtual minute on a fake clock; the server
+// counts the connections it accepted.
+func TestSMTP_DownDestinationConnections(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1,440 queue passes against a real server")
+	}
+	big := 1000
+	if raceEnabled {
+		big = 200
+	}
+	conns := map[int]int{}
+	for _, n := range []int{1, big} {
+		down := deliverytest.NewRawServer(t, func(c *deliverytest.RawConn) { c.Reply("421 4.3.2 mx.down.test too busy, try later") })
+		dns := newFakeDNS()
+		dns.route("down.test", down.Addr())
+		clock := clockwork.NewFakeClockAt(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+		d := &delivery.Deliverer{Hostname: "client.test", Resolver: dns, DialContext: dns.dial}
+		q := newQueue(t, queue.Config{Store: openStore(t, spoolDir(t, true)), Deliverer: d, Clock: clock, StartupRamp: -1})
+		enqueueMany(t, q, n, "app@app.test", func(i int) string { return rcptName(i, "down.test") })
+		for range 24 * 60 {
+			if _, err := q.RunOnce(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			clock.Advance(time.Minute)
+		}
+		d.Close()
+		conns[n] = down.Sessions()
+		t.Logf("%d messages for a destination greeting with 421, 24 virtual hours: %d connections", n, conns[n])
+	}
+	if conns[big] > conns[1]+2 {
+		t.Fatalf("%d connections with %d messages, %d with one", conns[big], big, conns[1])
+	}
+}
