@@ -145,7 +145,6 @@ func (s *Store) enqueue(ctx context.Context, tx pgx.Tx, p queue.EnqueueParams, n
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return "", false, s.fail("enqueue "+string(m.ID), err)
 	}
-	m.Size = size
 	return m.ID, true, nil
 }
 
