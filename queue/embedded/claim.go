@@ -86,7 +86,10 @@ func (h dueHeap) Less(i, j int) bool {
 	if h[i].t != h[j].t {
 		return h[i].t < h[j].t
 	}
-	return h[i].id < h[j].id
+	if h[i].id != h[j].id {
+		return h[i].id < h[j].id
+	}
+	return h[i].dest < h[j].dest
 }
 func (h dueHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
 func (h *dueHeap) Push(x any)   { *h = append(*h, x.(*dueHead)) }
