@@ -81,8 +81,11 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) at
 	for _, r := range rcpts {
 		dm.Recipients = append(dm.Recipients, delivery.Recipient{Address: r.Address, Notify: r.Notify, ORCPT: r.ORCPT})
 	}
-	q.cfg.Observer.Observe(Event{Kind: EventAttemptStarted, Time: start, Message: msg.ID, Arrived: msg.Arrived,
-		Destination: l.Destination, Recipients: len(rcpts)})
+	ev := Event{Kind: EventAttemptStarted, Time: start, Message: msg.ID, Arrived: msg.Arrived,
+		Destination: l.Destination, Recipients: len(rcpts)}
+	q.cfg.Observer.Observe(ev)
+	ev.Kind = EventAttemptFinished
+	defer func() { q.cfg.Observer.Observe(ev) }() // whatever happens next
 
 	// The attempt must end before the lease does, or another worker could
 	// claim the same recipients while this one still talks to the server.
@@ -92,6 +95,7 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) at
 	body.Close()
 	now := q.cfg.Clock.Now()
 	res.attempted = rep != nil
+	ev.Time, ev.Duration = now, now.Sub(start)
 
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer fcancel()
@@ -127,10 +131,8 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) at
 	}
 	ids := q.notifications(fctx, msg, plan, now, &fp, log)
 
+	ev.DestinationUnavailable, ev.Result, ev.NextAttempt = rep.DestinationUnavailable, destOutcome(rep, now), res.nextAllowed
 	err = q.cfg.Store.Finish(fctx, fp)
-	q.cfg.Observer.Observe(Event{Kind: EventAttemptFinished, Time: now, Message: msg.ID, Arrived: msg.Arrived,
-		Destination: l.Destination, Recipients: len(rcpts), Duration: now.Sub(start),
-		DestinationUnavailable: rep.DestinationUnavailable, Result: destOutcome(rep, now), NextAttempt: res.nextAllowed})
 	res.stats.Attempts = 1
 	if err != nil {
 		level := slog.LevelError

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"time"
 )
@@ -95,7 +96,7 @@ func (r *runner) dispatch(now time.Time) {
 				// now, rather than race the end of its lease.
 				d.queue = d.queue[1:]
 				r.waiting--
-				r.spawn(func() attemptResult {
+				r.spawn(l.Destination, false, func() attemptResult {
 					r.q.release(l, leased(l), now, r.q.log)
 					return attemptResult{dest: l.Destination}
 				})
@@ -108,20 +109,30 @@ func (r *runner) dispatch(now time.Time) {
 			r.waiting--
 			d.running++
 			healthy := d.reached
-			r.spawn(func() attemptResult {
-				res := r.q.attempt(r.attemptCtx, l, healthy, &r.gate)
-				res.slot = true
-				return res
-			})
+			r.spawn(l.Destination, true, func() attemptResult { return r.q.attempt(r.attemptCtx, l, healthy, &r.gate) })
 		}
 		r.forget(d, now)
 	}
 }
 
-// spawn runs f in a goroutine that reports on r.done.
-func (r *runner) spawn(f func() attemptResult) {
+// spawn runs f in a goroutine that reports on r.done. A panic (a broken
+// Deliverer, a poison message) is logged and reported as a result without
+// an outcome: the lease then ends on its own, so the recipients wait
+// LeaseFor before the next attempt instead of crashing the application.
+func (r *runner) spawn(dest string, slot bool, f func() attemptResult) {
 	r.tasks++
-	go func() { r.done <- f() }()
+	go func() {
+		res := attemptResult{dest: dest, slot: slot}
+		defer func() {
+			if p := recover(); p != nil {
+				r.q.log.LogAttrs(context.Background(), slog.LevelError, "attempt panicked; its recipients wait for the lease to end",
+					slog.String("destination", dest), slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+			}
+			r.done <- res
+		}()
+		res = f()
+		res.slot = slot
+	}()
 }
 
 // finished accounts for a goroutine's result.
@@ -204,7 +215,7 @@ func (r *runner) nextDispatch(now time.Time) time.Time {
 // backoff ends: they were never attempted.
 func (r *runner) releaseWaitingUntil(d *destState, until time.Time) {
 	for _, l := range d.queue {
-		r.spawn(func() attemptResult {
+		r.spawn(l.Destination, false, func() attemptResult {
 			r.q.release(l, leased(l), until, r.q.log)
 			return attemptResult{dest: l.Destination}
 		})

@@ -360,3 +360,32 @@ func TestNew_Config(t *testing.T) {
 		t.Fatalf("New with only Store and Deliverer: %v", err)
 	}
 }
+
+// A Deliverer that panics on a message (a poison message) does not take the
+// application down; the message's attempts stay spaced by the lease.
+func TestRun_PanickingDelivererIsContained(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := setup(t, queue.Config{})
+		var calls atomic.Int32
+		b.net.add("example.com", &simServer{hang: func(context.Context, []string) {
+			if calls.Add(1) <= 3 {
+				panic("poison message")
+			}
+		}})
+		enqueue(t, b.q, "app@app.test", "a@example.com")
+		enqueue(t, b.q, "app@app.test", "b@other.example")
+		b.net.add("other.example", &simServer{})
+		start := time.Now()
+		runFor(t, b.q, 3*time.Hour)
+		if n := len(b.net.outcomes("b@other.example", queue.EventDelivered)); n != 1 {
+			t.Fatalf("other message: %d deliveries, want 1", n)
+		}
+		if n := len(b.net.outcomes("a@example.com", queue.EventDelivered)); n != 1 || calls.Load() != 4 {
+			t.Fatalf("poison message: %d deliveries after %d calls, want delivered at the 4th", n, calls.Load())
+		}
+		got := b.net.attempts("a@example.com")
+		if len(got) != 1 || got[0].Sub(start) != 90*time.Minute {
+			t.Fatalf("recorded attempts at %v, want the 4th, three 30m leases after the start", offsets(got, start))
+		}
+	})
+}
