@@ -131,6 +131,9 @@ func parseDuration(s string) (time.Duration, error) {
 	orig := s
 	neg := strings.HasPrefix(s, "-")
 	s = strings.TrimPrefix(s, "-")
+	if s == "" {
+		return 0, fmt.Errorf("invalid duration %q: want e.g. 90s, 20m, 4h or 5d", orig)
+	}
 	var days time.Duration
 	if i := strings.IndexByte(s, 'd'); i > 0 {
 		n, err := strconv.ParseUint(s[:i], 10, 16)
