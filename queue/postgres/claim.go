@@ -42,8 +42,9 @@ type candidate struct {
 //
 // and commits before returning, so all of it is durable before any SMTP
 // traffic. Claim never waits for another transaction's locks. Under
-// contention it may return fewer leases than are due (another worker got
-// them); it returns none only when it found none unlocked.
+// contention it may return fewer leases than Limit while more are due
+// (others hold them); when every candidate it read was held by others, it
+// reads further down the queue before giving up.
 func (s *Store) Claim(ctx context.Context, p queue.ClaimParams) ([]*queue.Lease, error) {
 	if err := s.check(); err != nil {
 		return nil, err

@@ -65,6 +65,7 @@ func deliverAll(l *queue.Lease, now time.Time) queue.FinishParams {
 // nodes opens n stores on one schema, each with its own pool: separate
 // workers as separate processes would have.
 func nodes(t *testing.T, n int) []*Store {
+	t.Helper()
 	schema := newSchema(t)
 	ss := make([]*Store, n)
 	for i := range ss {

@@ -12,7 +12,7 @@ import (
 )
 
 // Enqueue durably stores a new message, its body and its recipients in one
-// transaction, and wakes listening workers when it commits.
+// transaction, and then wakes listening workers (see Wakeups).
 //
 // If the COMMIT fails in a way that leaves its outcome unknown (the
 // connection broke), Enqueue looks for the message by ID before reporting

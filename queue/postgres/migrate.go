@@ -68,8 +68,23 @@ func (s *Store) migrate(ctx context.Context) error {
 		if _, err := tx.Exec(ctx, lockMigrations, s.schema); err != nil {
 			return err
 		}
-		for _, q := range []string{createSchema, createMigrationTable} {
-			if _, err := tx.Exec(ctx, expand(q, quoted)); err != nil {
+		// A runtime role with only DML privileges can open a schema that a
+		// migration role has set up: DDL runs only when something is missing.
+		var haveSchema, haveTable bool
+		if err := tx.QueryRow(ctx, schemaExists, s.schema).Scan(&haveSchema); err != nil {
+			return err
+		}
+		if !haveSchema {
+			if _, err := tx.Exec(ctx, expand(createSchema, quoted)); err != nil {
+				return err
+			}
+		}
+		table := pgx.Identifier{s.schema, "schema_migration"}.Sanitize()
+		if err := tx.QueryRow(ctx, migrationTableExists, table).Scan(&haveTable); err != nil {
+			return err
+		}
+		if !haveTable {
+			if _, err := tx.Exec(ctx, expand(createMigrationTable, quoted)); err != nil {
 				return err
 			}
 		}

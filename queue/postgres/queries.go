@@ -10,6 +10,12 @@ import "strings"
 
 // Migrations.
 const (
+	// schemaExists and migrationTableExists let Open skip DDL (and the
+	// privileges it needs) on a schema that is already set up.
+	schemaExists = `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`
+
+	migrationTableExists = `SELECT to_regclass($1) IS NOT NULL`
+
 	createSchema = `CREATE SCHEMA IF NOT EXISTS {schema}`
 
 	createMigrationTable = `

@@ -167,3 +167,50 @@ func TestNew_BorrowedPool(t *testing.T) {
 		t.Fatalf("schema_migration has %d rows, want 1", n)
 	}
 }
+
+// TestOpen_RuntimeRoleWithoutDDL: a role that may only read and write the
+// tables (set up by a migration role) can open an up-to-date schema.
+func TestOpen_RuntimeRoleWithoutDDL(t *testing.T) {
+	t.Parallel()
+	schema := newSchema(t)
+	admin := openSchema(t, schema, nil) // migrates
+	ctx := context.Background()
+	role := schema + "_dml"
+	sch, r := pgx.Identifier{schema}.Sanitize(), pgx.Identifier{role}.Sanitize()
+	for _, q := range []string{
+		"CREATE ROLE " + r + " LOGIN",
+		"GRANT USAGE ON SCHEMA " + sch + " TO " + r,
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA " + sch + " TO " + r,
+		"GRANT USAGE ON ALL SEQUENCES IN SCHEMA " + sch + " TO " + r,
+	} {
+		if _, err := admin.Pool().Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, q := range []string{"DROP OWNED BY " + r, "DROP ROLE " + r} {
+			if _, err := admin.Pool().Exec(context.Background(), q); err != nil {
+				t.Errorf("%s: %v", q, err)
+			}
+		}
+	})
+	cfg, err := pgxpool.ParseConfig(needDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.User = role
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	s, err := New(ctx, pool, &Options{Schema: schema})
+	if err != nil {
+		t.Fatalf("New as a DML-only role: %v", err)
+	}
+	defer s.Close()
+	mustEnqueue(t, s, testMessage("m1", "a@x.example"))
+	if ls := mustClaim(t, s, t0, "w", 1); len(ls) != 1 {
+		t.Fatalf("claimed %d leases as a DML-only role, want 1", len(ls))
+	}
+}
