@@ -37,6 +37,15 @@ func (q *Queue) RunOnce(ctx context.Context) (Stats, error) {
 	return q.run(ctx, true)
 }
 
+// Waker is implemented by stores shared by several processes (the
+// PostgreSQL store) that can tell a scheduler when another process added
+// work. Run then claims at once instead of at its next poll.
+type Waker interface {
+	// Wakeups returns a channel that receives a value when work may have
+	// become due.
+	Wakeups() <-chan struct{}
+}
+
 // runner is the state of one Run: the scheduler loop owns it alone; attempt
 // goroutines report back on done.
 type runner struct {
@@ -82,6 +91,10 @@ func (r *runner) loop(ctx context.Context) error {
 	var dueAt time.Time   // when the store said work is next due; zero: unknown
 	var retryAt time.Time // after a store error, no claim before this
 	failures := 0
+	var wakeups <-chan struct{}
+	if w, ok := q.cfg.Store.(Waker); ok {
+		wakeups = w.Wakeups()
+	}
 	for ctx.Err() == nil {
 		now := q.cfg.Clock.Now()
 		free := r.capacity(now) - r.tasks - r.waiting
@@ -150,6 +163,8 @@ func (r *runner) loop(ctx context.Context) error {
 				dueAt = res.dueHint
 			}
 		case <-q.wake:
+			mayBeDue = true
+		case <-wakeups:
 			mayBeDue = true
 		case <-timer:
 			now = q.cfg.Clock.Now()
