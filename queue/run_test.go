@@ -214,3 +214,24 @@ func TestRun_GreylistRetriesAfterWindow(t *testing.T) {
 		}
 	})
 }
+
+// A notification that bounces produces no notification of its own (RFC
+// 5321 §4.5.5): the loop ends there.
+func TestRun_NoDSNAboutADSN(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := setup(t, queue.Config{})
+		b.sender.rcpt = always(550, delivery.EnhancedCode{5, 1, 1}, "sender mailbox gone")
+		b.net.add("example.com", &simServer{rcpt: always(550, delivery.EnhancedCode{5, 1, 1}, "no such user")})
+		enqueue(t, b.q, "app@app.test", "gone@example.com")
+		runFor(t, b.q, time.Hour)
+		if e := b.net.outcomes("gone@example.com", queue.EventBounced); len(e) != 1 || e[0].dsn == "" {
+			t.Fatalf("original: %+v, want one bounce with a notification", e)
+		}
+		if e := b.net.outcomes("app@app.test", queue.EventBounced); len(e) != 1 || e[0].dsn != "" {
+			t.Fatalf("notification: %+v, want it bounced once, without a notification", e)
+		}
+		if n := len(all(t, b.store)); n != 0 {
+			t.Fatalf("%d messages left", n)
+		}
+	})
+}
