@@ -88,8 +88,9 @@ func (r *runner) add(l *Lease) {
 
 // dispatch starts every waiting lease that its destination's limits allow.
 func (r *runner) dispatch(now time.Time) {
+	capacity := r.capacity(now)
 	for _, d := range r.dests {
-		for len(d.queue) > 0 && d.running < r.limit(d) {
+		for len(d.queue) > 0 && d.running < r.limit(d) && r.running < capacity {
 			l := d.queue[0]
 			if r.stale(l, now) {
 				// It waited too long for a slot: give it back, due
@@ -121,6 +122,9 @@ func (r *runner) dispatch(now time.Time) {
 // LeaseFor before the next attempt instead of crashing the application.
 func (r *runner) spawn(dest string, slot bool, f func() attemptResult) {
 	r.tasks++
+	if slot {
+		r.running++
+	}
 	go func() {
 		res := attemptResult{dest: dest, slot: slot}
 		defer func() {
@@ -139,8 +143,12 @@ func (r *runner) spawn(dest string, slot bool, f func() attemptResult) {
 func (r *runner) finished(res attemptResult) {
 	r.tasks--
 	r.stats.add(res.stats)
+	if res.slot {
+		r.running--
+	}
 	d := r.dests[res.dest]
 	if d == nil {
+		r.dispatch(r.q.cfg.Clock.Now())
 		return
 	}
 	if res.slot {

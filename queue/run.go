@@ -55,7 +55,8 @@ type runner struct {
 
 	dests   map[string]*destState // destinations with attempts running or waiting
 	waiting int                   // leases held but not started
-	tasks   int                   // goroutines that will send on done
+	running int                   // attempts in flight
+	tasks   int                   // goroutines that will send on done (attempts and releases)
 	done    chan attemptResult
 	stats   Stats
 
@@ -97,7 +98,7 @@ func (r *runner) loop(ctx context.Context) error {
 	}
 	for ctx.Err() == nil {
 		now := q.cfg.Clock.Now()
-		free := r.capacity(now) - r.tasks - r.waiting
+		free := r.claimable(now)
 		if free > 0 && mayBeDue && !now.Before(retryAt) {
 			leases, err := q.cfg.Store.Claim(ctx, ClaimParams{
 				Now:                 now,
@@ -133,7 +134,7 @@ func (r *runner) loop(ctx context.Context) error {
 		}
 
 		wakeAt := r.nextDispatch(now)
-		if free := r.capacity(now) - r.tasks - r.waiting; free > 0 {
+		if r.claimable(now) > 0 {
 			switch {
 			case now.Before(retryAt):
 				wakeAt = earliest(wakeAt, retryAt)
@@ -191,7 +192,19 @@ func (r *runner) nextDue(ctx context.Context, now time.Time) time.Time {
 	return at
 }
 
-// capacity is how many leases may be held at now: Workers, ramped up from 1
+// claimable is how many leases the next claim may take: leases are held
+// up to twice the capacity (those running, and as many waiting to start),
+// and claimed in batches once the waiting ones run low, so that one claim
+// (one commit) feeds many attempts.
+func (r *runner) claimable(now time.Time) int {
+	c := r.capacity(now)
+	if r.waiting > c/2 {
+		return 0
+	}
+	return max(2*c-r.tasks-r.waiting, 0)
+}
+
+// capacity is how many attempts may run at now: Workers, ramped up from 1
 // over Config.StartupRamp after the run starts.
 func (r *runner) capacity(now time.Time) int {
 	w, ramp := r.q.cfg.Workers, r.q.cfg.StartupRamp
