@@ -28,6 +28,10 @@
 // destination sees one connection, not many. After a start, the number of
 // attempts in flight grows from one to Workers over Config.StartupRamp, so
 // a restart after an outage is not a burst at every destination at once.
+// Work is claimed oldest first whatever its destination: a large backlog
+// for one destination at its connection limit delays later mail for other
+// destinations until it drains (the Store interface has no way to skip a
+// busy destination yet).
 //
 // # How retries work
 //
