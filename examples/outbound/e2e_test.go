@@ -175,4 +175,3 @@ func testSinkLostAfterDot(t *testing.T, bin func(*testing.T) string) {
 }
 
 func testPostfixRelay(t *testing.T, bin func(*testing.T) string) { t.Skip("todo") }
-func testKill(t *testing.T, bin func(*testing.T) string)         { t.Skip("todo") }
