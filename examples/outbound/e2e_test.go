@@ -174,4 +174,3 @@ func testSinkLostAfterDot(t *testing.T, bin func(*testing.T) string) {
 	}
 }
 
-func testPostfixRelay(t *testing.T, bin func(*testing.T) string) { t.Skip("todo") }
