@@ -234,7 +234,9 @@ func columns[T any](xs []T, f func(T) pair) (msgs, dests []string) {
 //
 // If a notification's body cannot be rewound (it is not an io.Seeker),
 // Finish does not rerun its transaction after a deadlock; it returns the
-// error instead.
+// error instead. If the connection breaks during COMMIT, the outcome is
+// unknown and Finish returns the error; calling it again returns
+// queue.ErrLeaseLost if the first call took effect.
 func (s *Store) Finish(ctx context.Context, p queue.FinishParams) error {
 	if err := s.check(); err != nil {
 		return err
