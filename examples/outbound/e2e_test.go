@@ -173,4 +173,3 @@ func testSinkLostAfterDot(t *testing.T, bin func(*testing.T) string) {
 		t.Errorf("send's report does not name the message: %q", errOut)
 	}
 }
-
