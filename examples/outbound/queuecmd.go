@@ -75,7 +75,7 @@ func waiting(s queue.RecipientState) bool {
 
 // eachMessage calls fn for every queued message in ID order, a page at a
 // time, so that a large queue is never held in memory.
-func eachMessage(ctx context.Context, st queue.Store, p queue.ListParams, fn func(*queue.Message) error) error {
+func eachMessage(ctx context.Context, st backend, p queue.ListParams, fn func(*queue.Message) error) error {
 	p.Limit = 500
 	for {
 		page, err := st.List(ctx, p)
@@ -96,18 +96,18 @@ func eachMessage(ctx context.Context, st queue.Store, p queue.ListParams, fn fun
 
 // listQueue prints the queue like mailq, or as JSON.
 func (a *app) listQueue(ctx context.Context, asJSON bool) error {
-	s, err := a.open(ctx, nil)
+	b, err := a.connect(ctx)
 	if err != nil {
 		return tempFail(err)
 	}
-	defer s.Close()
+	defer b.Close()
 	if asJSON {
-		return writeJSONQueue(ctx, a.stdout, s.store)
+		return writeJSONQueue(ctx, a.stdout, b)
 	}
 	now := time.Now()
 	var msgs, rcpts int
 	var size int64
-	err = eachMessage(ctx, s.store, queue.ListParams{}, func(m *queue.Message) error {
+	err = eachMessage(ctx, b, queue.ListParams{}, func(m *queue.Message) error {
 		if msgs == 0 {
 			fmt.Fprintf(a.stdout, "%-26s %8s %6s  %s\n", "ID", "Size", "Age", "Sender")
 		}
@@ -132,7 +132,7 @@ func (a *app) listQueue(ctx context.Context, asJSON bool) error {
 	return nil
 }
 
-func writeJSONQueue(ctx context.Context, w io.Writer, st queue.Store) error {
+func writeJSONQueue(ctx context.Context, w io.Writer, st backend) error {
 	io.WriteString(w, "[")
 	first := true
 	err := eachMessage(ctx, st, queue.ListParams{}, func(m *queue.Message) error {
@@ -218,12 +218,12 @@ func showFlags(fs *flag.FlagSet) func(ctx context.Context, a *app, args []string
 
 // show prints one message: envelope and state, then its content.
 func (a *app) show(ctx context.Context, id queue.ID, asJSON bool) error {
-	s, err := a.open(ctx, nil)
+	b, err := a.connect(ctx)
 	if err != nil {
 		return tempFail(err)
 	}
-	defer s.Close()
-	m, err := s.store.Get(ctx, id)
+	defer b.Close()
+	m, err := b.Get(ctx, id)
 	if err != nil {
 		return notFound(id, err)
 	}
@@ -255,7 +255,7 @@ func (a *app) show(ctx context.Context, id queue.ID, asJSON bool) error {
 		}
 	}
 	fmt.Fprintln(a.stdout, "--- content ---")
-	body, err := s.store.OpenBody(ctx, id)
+	body, err := b.OpenBody(ctx, id)
 	if err != nil {
 		return notFound(id, err)
 	}
@@ -285,13 +285,13 @@ func adminFlags(name string) func(fs *flag.FlagSet) func(ctx context.Context, a 
 // admin applies hold, release, delete or retry to each message, and
 // reports each failure; it fails if any did.
 func (a *app) admin(ctx context.Context, op string, ids []string) error {
-	s, err := a.open(ctx, nil)
+	b, err := a.connect(ctx)
 	if err != nil {
 		return tempFail(err)
 	}
-	defer s.Close()
+	defer b.Close()
 	fn := map[string]func(context.Context, queue.ID) error{
-		"hold": s.q.Hold, "release": s.q.Release, "delete": s.q.Delete, "retry": s.q.Retry,
+		"hold": b.Hold, "release": b.Release, "delete": b.Delete, "retry": b.Retry,
 	}[op]
 	var errs []error
 	for _, id := range ids {
@@ -326,13 +326,13 @@ func retryFlags(fs *flag.FlagSet) func(ctx context.Context, a *app, args []strin
 // retryAll makes every waiting message due now: the operator's flush,
 // after fixing whatever made a destination fail.
 func (a *app) retryAll(ctx context.Context) error {
-	s, err := a.open(ctx, nil)
+	b, err := a.connect(ctx)
 	if err != nil {
 		return tempFail(err)
 	}
-	defer s.Close()
+	defer b.Close()
 	var ids []queue.ID
-	err = eachMessage(ctx, s.store, queue.ListParams{States: []queue.RecipientState{queue.Queued, queue.Deferred}}, func(m *queue.Message) error {
+	err = eachMessage(ctx, b, queue.ListParams{States: []queue.RecipientState{queue.Queued, queue.Deferred}}, func(m *queue.Message) error {
 		ids = append(ids, m.ID)
 		return nil
 	})
@@ -341,7 +341,7 @@ func (a *app) retryAll(ctx context.Context) error {
 	}
 	n := 0
 	for _, id := range ids {
-		switch err := s.q.Retry(ctx, id); {
+		switch err := b.Retry(ctx, id); {
 		case errors.Is(err, queue.ErrNotFound):
 			// delivered meanwhile
 		case err != nil:

@@ -85,6 +85,16 @@ func (a *app) run(ctx context.Context, o runOptions) error {
 	}
 	defer s.Close()
 	obs.log = s.log
+	if a.g.Store == "" {
+		// Other commands cannot open the spool while this process holds
+		// it: they reach the queue through this socket instead.
+		stop, err := serveControl(a.g.controlSocket(), local{s}, s.log)
+		if err != nil {
+			s.log.Warn("operator commands cannot reach this queue while it runs", "error", err)
+		} else {
+			defer stop()
+		}
+	}
 	if o.once {
 		st, err := s.q.RunOnce(ctx)
 		fmt.Fprintf(a.stdout, "attempts %d, delivered %d, deferred %d, bounced %d, expired %d\n",

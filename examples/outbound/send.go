@@ -121,13 +121,19 @@ func (a *app) send(ctx context.Context, o sendOptions, rcpts []string) error {
 			}
 		}
 	})
+	body := io.MultiReader(bytes.NewReader(h.bytes()), br)
+	env := queue.Envelope{From: from, To: rcpts}
+	if r := a.running(ctx); r != nil {
+		// A running `outbound run` holds the spool: hand the message
+		// over; it makes the attempt.
+		return a.sendRemote(ctx, r, env, body)
+	}
 	s, err := a.open(ctx, obs)
 	if err != nil {
 		return tempFail(err)
 	}
 	defer s.Close()
-	body := io.MultiReader(bytes.NewReader(h.bytes()), br)
-	qid, err := s.q.Enqueue(ctx, queue.Envelope{From: from, To: rcpts}, body)
+	qid, err := s.q.Enqueue(ctx, env, body)
 	if err != nil {
 		var ime *queue.InvalidMessageError
 		if errors.As(err, &ime) {
@@ -155,6 +161,21 @@ func (a *app) send(ctx context.Context, o sendOptions, rcpts []string) error {
 	for _, e := range events {
 		a.reportEvent(e)
 	}
+	return nil
+}
+
+// sendRemote queues the message through the running queue's socket.
+func (a *app) sendRemote(ctx context.Context, r *remote, env queue.Envelope, body io.Reader) error {
+	defer r.Close()
+	id, err := r.Enqueue(ctx, env, body)
+	if err != nil {
+		var ime *queue.InvalidMessageError
+		if errors.As(err, &ime) {
+			return &exitError{code: exitDataErr, err: fmt.Errorf("message refused, nothing queued: %w", err)}
+		}
+		return tempFail(fmt.Errorf("message not queued: %w", err))
+	}
+	fmt.Fprintln(a.stdout, id)
 	return nil
 }
 
