@@ -121,7 +121,7 @@ func TestSendRefused(t *testing.T) {
 		msg   string
 	}{
 		{"no recipients", "Subject: x\n\nhi\n", nil, exitUsage, "no recipients"},
-		{"-t without recipients", "Subject: x\n\nhi\n", []string{"-t"}, exitDataErr, "no recipients in To:"},
+		{"-t without recipients", "Subject: x\n\nhi\n", []string{"-t"}, exitDataErr, "no recipients in the To, Cc or Bcc fields"},
 		{"empty input", "", []string{"b@example.com"}, exitNoInput, "no message on standard input"},
 		{"NUL in body", "Subject: x\n\nnul \x00 here\n", []string{"b@example.com"}, exitDataErr, "nothing queued"},
 		{"line too long", "Subject: x\n\n" + strings.Repeat("y", 1200) + "\n", []string{"b@example.com"}, exitDataErr, "nothing queued"},

@@ -269,9 +269,3 @@ func (r *remote) Close() error {
 }
 
 var _ backend = (*remote)(nil)
-
-// isRemote reports whether b is a running queue reached over its socket.
-func isRemote(b backend) bool {
-	_, ok := b.(*remote)
-	return ok
-}

@@ -69,7 +69,7 @@ func TestControlSocket(t *testing.T) {
 	startRun(t, c, "--startup-ramp", "-1s")
 
 	// Delivered by the running queue, not by send.
-	code, out, errOut := c.run("outbound", tMessage, "send", "-t")
+	code, _, errOut := c.run("outbound", tMessage, "send", "-t")
 	if code != 0 {
 		t.Fatalf("send: exit %d: %s", code, errOut)
 	}
@@ -80,7 +80,7 @@ func TestControlSocket(t *testing.T) {
 	}
 	// Deferred by the server: stays in the queue, visible and manageable
 	// through the socket.
-	_, out, errOut = c.run("outbound", "Subject: s\n\nx\n", "send", "-f", "a@example.org", "slow@example.com")
+	_, out, errOut := c.run("outbound", "Subject: s\n\nx\n", "send", "-f", "a@example.org", "slow@example.com")
 	id := strings.TrimSpace(out)
 	if id == "" {
 		t.Fatalf("send: %s", errOut)

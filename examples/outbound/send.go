@@ -85,7 +85,7 @@ func (a *app) send(ctx context.Context, o sendOptions, rcpts []string) error {
 		}
 		rcpts = append(rcpts, more...)
 		if len(rcpts) == 0 {
-			return &exitError{code: exitDataErr, err: errors.New("-t: no recipients in To:, Cc: or Bcc:")}
+			return &exitError{code: exitDataErr, err: errors.New("-t: no recipients in the To, Cc or Bcc fields")}
 		}
 	}
 	if len(rcpts) == 0 {
