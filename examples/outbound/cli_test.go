@@ -311,3 +311,35 @@ func TestRunDrain(t *testing.T) {
 		t.Errorf("run log lacks deliveries: %s", errOut)
 	}
 }
+
+func TestSendmailArgs(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"-t -i", "-t -i"},
+		{"-fcron@example.org -FCronDaemon -i -B8BITMIME -oem", "-f cron@example.org -F CronDaemon -i -B 8BITMIME"},
+		{"-oi -odq -f a@example.org rcpt@example.com -x", "-oi -odq -f a@example.org rcpt@example.com -x"},
+		{"-q15m", "-q"},
+		{"-bp", "-bp"},
+		{"-v -Am -h 3 -Nfailure,delay -Rhdrs -Venv1 --queue-only b@example.com", "-N failure,delay -R hdrs -V env1 --queue-only b@example.com"},
+		{"-- -f", "-- -f"},
+	} {
+		if got := strings.Join(sendmailArgs(strings.Fields(tc.in)), " "); got != tc.want {
+			t.Errorf("sendmailArgs(%s) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestSendmailGluedValues is PHP's mail() and cron: values glued to their
+// letters, DSN options passed through to the queue.
+func TestSendmailGluedValues(t *testing.T) {
+	c := newCLI(t)
+	code, out, errOut := c.run("sendmail", "Subject: x\n\nhi\n", "-fcron@example.org", "-FCron Daemon", "-oi", "-oem", "-odq", "-Nfailure", "-Venv-7", "b@example.com")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	_, show, _ := c.run("outbound", "", "show", strings.TrimSpace(out))
+	for _, want := range []string{"Sender:   <cron@example.org>", "ENVID:    env-7", "From: \"Cron Daemon\" <cron@example.org>"} {
+		if !strings.Contains(show, want) {
+			t.Errorf("show lacks %q:\n%s", want, show)
+		}
+	}
+}

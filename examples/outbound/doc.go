@@ -49,7 +49,9 @@
 //
 // Invoked through a link named sendmail, outbound behaves as "outbound
 // send" (and accepts sendmail's -bp to list the queue, -q to run it once,
-// -odq to queue only, -F, -r); named mailq, it behaves as "outbound queue".
+// -odq to queue only, -F, -r, the DSN options -N, -R and -V, values glued
+// to their letter as in "-fcron@example.org", and ignores -oem, -B, -v);
+// named mailq, it behaves as "outbound queue".
 //
 // # Settings
 //

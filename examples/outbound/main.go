@@ -178,6 +178,9 @@ func (a *app) runCommand(ctx context.Context, c command, args []string, withEnv 
 		}
 	}
 	run := c.flags(fs)
+	if c.name == "send" {
+		args = sendmailArgs(args)
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(a.stdout)

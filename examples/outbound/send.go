@@ -29,6 +29,9 @@ type sendOptions struct {
 	queueOnly bool   // --queue-only, -odq: no immediate attempt
 	listQueue bool   // -bp: behave as `queue`
 	runOnce   bool   // -q: behave as `run --once`
+	notify    string // -N: RFC 3461 NOTIFY for every recipient
+	ret       string // -R: RFC 3461 RET, full or hdrs
+	envid     string // -V: RFC 3461 ENVID
 }
 
 func sendFlags(fs *flag.FlagSet) func(ctx context.Context, a *app, args []string) error {
@@ -45,6 +48,11 @@ func sendFlags(fs *flag.FlagSet) func(ctx context.Context, a *app, args []string
 	fs.BoolVar(&ignored, "odi", false, "accepted and ignored (sendmail delivery mode)")
 	fs.BoolVar(&ignored, "odb", false, "accepted and ignored (sendmail delivery mode)")
 	fs.BoolVar(&ignored, "bm", false, "accepted and ignored (sendmail's default mode)")
+	fs.StringVar(&o.notify, "N", "", "delivery status notifications wanted: `never`, or some of success,failure,delay")
+	fs.StringVar(&o.ret, "R", "", "what a failure notice returns: `full` or hdrs")
+	fs.StringVar(&o.envid, "V", "", "envelope `ID` echoed in notifications")
+	var body string
+	fs.StringVar(&body, "B", "", "accepted and ignored (8-bit content is detected)")
 	fs.BoolVar(&o.listQueue, "bp", false, "list the queue instead (like mailq)")
 	fs.BoolVar(&o.runOnce, "q", false, "run the queue once instead")
 	return func(ctx context.Context, a *app, args []string) error {
@@ -122,7 +130,7 @@ func (a *app) send(ctx context.Context, o sendOptions, rcpts []string) error {
 		}
 	})
 	body := io.MultiReader(bytes.NewReader(h.bytes()), br)
-	env := queue.Envelope{From: from, To: rcpts}
+	env := queue.Envelope{From: from, To: rcpts, Notify: dsnNotify(o.notify), Return: strings.ToUpper(o.ret), EnvelopeID: o.envid}
 	if r := a.running(ctx); r != nil {
 		// A running `outbound run` holds the spool: hand the message
 		// over; it makes the attempt.
