@@ -29,6 +29,7 @@ const (
 type globals struct {
 	Spool        string        // embedded store directory
 	Store        string        // "postgres://…" selects the PostgreSQL store
+	StoreSchema  string        // PostgreSQL schema; "" means the store's default
 	Relay        string        // smarthost host:port; "" means MX delivery
 	AuthUser     string        // AUTH user for the relay
 	TLS          string        // disabled, opportunistic, required; "" means the library default
@@ -88,6 +89,7 @@ func defaultSpool(getenv func(string) string) string {
 func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.Spool, "spool", g.Spool, "embedded queue `directory`")
 	fs.StringVar(&g.Store, "store", g.Store, "PostgreSQL store `URL` (postgres://…) instead of the spool")
+	fs.StringVar(&g.StoreSchema, "store-schema", g.StoreSchema, "PostgreSQL `schema` holding the queue (default \"outbound\"); several queues can share a database")
 	fs.StringVar(&g.Relay, "relay", g.Relay, "send everything through this smarthost `host:port` instead of MX delivery")
 	fs.StringVar(&g.AuthUser, "auth-user", g.AuthUser, "SMTP AUTH `user` for the relay; password from $"+envPassword+" or the file named by $"+envPasswordFile)
 	fs.StringVar(&g.TLS, "tls", g.TLS, "STARTTLS `policy`: disabled, opportunistic or required (default: opportunistic for MX, required for a relay)")

@@ -126,9 +126,9 @@ func (e *StoreBusyError) Unwrap() error { return e.Err }
 func (a *app) openStore(ctx context.Context, log *slog.Logger) (queue.Store, error) {
 	if a.g.Store != "" {
 		if !strings.HasPrefix(a.g.Store, "postgres://") && !strings.HasPrefix(a.g.Store, "postgresql://") {
-			return nil, fmt.Errorf("--store: want a postgres:// URL (leave it empty for the embedded spool)")
+			return nil, &exitError{code: exitConfig, err: fmt.Errorf("--store: want a postgres:// URL (leave it empty for the embedded spool)")}
 		}
-		return postgres.Open(ctx, a.g.Store, &postgres.Options{Logger: log})
+		return postgres.Open(ctx, a.g.Store, &postgres.Options{Schema: a.g.StoreSchema, Logger: log})
 	}
 	// The spool holds other people's mail: only its owner may read it.
 	if err := os.MkdirAll(a.g.Spool, 0o700); err != nil {
