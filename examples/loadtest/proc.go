@@ -217,7 +217,7 @@ func runTree(ctx context.Context, pid int, out io.Writer) error {
 				u = last
 			}
 			r := newResult()
-			r.set("tree_cpu_s", fmt.Sprintf("%.2f", (u.CPU - first.CPU).Seconds()))
+			r.set("tree_cpu_s", fmt.Sprintf("%.2f", (u.CPU-first.CPU).Seconds()))
 			r.set("tree_peak_pss_mb", mb(max(peak, u.PSS)))
 			r.set("tree_procs", max(procs, u.Procs))
 			r.write(out)

@@ -198,7 +198,7 @@ func seed(ctx context.Context, c *scaleConfig, dir string, stderr io.Writer) (*r
 	r.set("producers", c.producers)
 	r.set("seed_s", fmt.Sprintf("%.1f", took.Seconds()))
 	r.set("seed_per_s", rate(c.queued, took))
-	r.set("cpu_s", fmt.Sprintf("%.1f", (selfCPU() - cpu0).Seconds()))
+	r.set("cpu_s", fmt.Sprintf("%.1f", (selfCPU()-cpu0).Seconds()))
 	r.set("peak_rss_mb", mb(mem.Peak))
 	r.set("anon_mb", mb(mem.Anon))
 	r.set("file_mb", mb(mem.File))

@@ -241,11 +241,11 @@ func startUsage(pg *pgServer) *usage {
 }
 
 func (u *usage) report(r *result) {
-	r.set("cpu_s", fmt.Sprintf("%.2f", (selfCPU() - u.cpu0).Seconds()))
+	r.set("cpu_s", fmt.Sprintf("%.2f", (selfCPU()-u.cpu0).Seconds()))
 	m := selfMem()
 	r.set("peak_rss_mb", mb(m.Peak))
 	if u.pg != nil {
-		r.set("pg_cpu_s", fmt.Sprintf("%.2f", (u.pg.cpu() - u.pgCPU0).Seconds()))
+		r.set("pg_cpu_s", fmt.Sprintf("%.2f", (u.pg.cpu()-u.pgCPU0).Seconds()))
 	}
 }
 
