@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,6 +35,7 @@ func TestE2E(t *testing.T) {
 	t.Run("SinkDeferred", func(t *testing.T) { testSinkDeferred(t, bin) })
 	t.Run("SinkBounced", func(t *testing.T) { testSinkBounced(t, bin) })
 	t.Run("SinkLostAfterDot", func(t *testing.T) { testSinkLostAfterDot(t, bin) })
+	t.Run("SIGTERM", func(t *testing.T) { testSigterm(t, bin) })
 	t.Run("Postfix", func(t *testing.T) { testPostfixRelay(t, bin) })
 	t.Run("Kill", func(t *testing.T) { testKill(t, bin) })
 }
@@ -171,5 +176,46 @@ func testSinkLostAfterDot(t *testing.T, bin func(*testing.T) string) {
 	}
 	if !bytes.Contains([]byte(errOut), []byte(q[0].ID)) {
 		t.Errorf("send's report does not name the message: %q", errOut)
+	}
+}
+
+// testSigterm: `outbound run` stops on SIGTERM with status 0, after serving
+// operator commands on its control socket, and removes the socket.
+func testSigterm(t *testing.T, bin func(*testing.T) string) {
+	sink := deliverytest.StartSink(t)
+	ob := newBinary(t, bin(t), sink.Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := ob.cmd(ctx, "", "run")
+	stderr, err := c.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(stderr)
+	for lines.Scan() && !strings.Contains(lines.Text(), "queue running") {
+	}
+	// The running queue takes the message over its socket and delivers it.
+	if code, _, errOut := ob.run(t, e2eMessage(1), "send", "-t", "-i"); code != 0 {
+		t.Fatalf("send to the running queue: exit %d %s", code, errOut)
+	}
+	if err := sink.WaitCounters(ctx, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	c.Process.Signal(syscall.SIGTERM)
+	var rest strings.Builder
+	for lines.Scan() {
+		rest.WriteString(lines.Text() + "\n")
+	}
+	if err := c.Wait(); err != nil {
+		t.Errorf("run after SIGTERM: %v\n%s", err, rest.String())
+	}
+	if !strings.Contains(rest.String(), "queue stopped") {
+		t.Errorf("no orderly stop in the log:\n%s", rest.String())
+	}
+	if _, err := os.Stat(filepath.Join(ob.spool, "control.sock")); err == nil {
+		t.Error("control socket left behind")
 	}
 }
