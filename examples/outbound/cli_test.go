@@ -321,6 +321,7 @@ func TestSendmailArgs(t *testing.T) {
 		{"-bp", "-bp"},
 		{"-v -Am -h 3 -Nfailure,delay -Rhdrs -Venv1 --queue-only b@example.com", "-N failure,delay -R hdrs -V env1 --queue-only b@example.com"},
 		{"-- -f", "-- -f"},
+		{"-h", "-h"},
 	} {
 		if got := strings.Join(sendmailArgs(strings.Fields(tc.in)), " "); got != tc.want {
 			t.Errorf("sendmailArgs(%s) = %s, want %s", tc.in, got, tc.want)

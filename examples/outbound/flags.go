@@ -100,7 +100,7 @@ func (g *globals) register(fs *flag.FlagSet) {
 	durationFlag(fs, &g.MaxBackoff, "max-backoff", g.MaxBackoff, "longest `delay` between retries")
 	durationFlag(fs, &g.MaxLifetime, "max-lifetime", g.MaxLifetime, "give up and bounce after this `age`")
 	durationFlag(fs, &g.DelayWarning, "delay-warning", g.DelayWarning, "tell the sender about a delay at this `age` (negative: never)")
-	durationFlag(fs, &g.LeaseFor, "lease-for", g.LeaseFor, "how long one attempt may hold its messages, and the wait after a crash (default: max(30m, min-backoff))")
+	durationFlag(fs, &g.LeaseFor, "lease-for", g.LeaseFor, "how long one attempt may hold its messages: the `wait` after a crash mid-attempt (default: max(30m, min-backoff))")
 	durationFlag(fs, &g.StartupRamp, "startup-ramp", g.StartupRamp, "grow parallel attempts from 1 to --concurrency over this `period` after start (negative: no ramp)")
 	fs.IntVar(&g.Concurrency, "concurrency", g.Concurrency, "maximum delivery attempts in flight")
 	fs.StringVar(&g.LogLevel, "log-level", g.LogLevel, "`level`: debug, info, warn or error (default: info for run, warn otherwise)")

@@ -48,8 +48,8 @@ func sendFlags(fs *flag.FlagSet) func(ctx context.Context, a *app, args []string
 	fs.BoolVar(&ignored, "odi", false, "accepted and ignored (sendmail delivery mode)")
 	fs.BoolVar(&ignored, "odb", false, "accepted and ignored (sendmail delivery mode)")
 	fs.BoolVar(&ignored, "bm", false, "accepted and ignored (sendmail's default mode)")
-	fs.StringVar(&o.notify, "N", "", "delivery status notifications wanted: `never`, or some of success,failure,delay")
-	fs.StringVar(&o.ret, "R", "", "what a failure notice returns: `full` or hdrs")
+	fs.StringVar(&o.notify, "N", "", "notifications wanted, a comma-separated `list`: never, or some of success, failure, delay")
+	fs.StringVar(&o.ret, "R", "", "what a failure notice returns, `full|hdrs`")
 	fs.StringVar(&o.envid, "V", "", "envelope `ID` echoed in notifications")
 	var body string
 	fs.StringVar(&body, "B", "", "accepted and ignored (8-bit content is detected)")

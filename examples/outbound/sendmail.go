@@ -29,8 +29,8 @@ func sendmailArgs(args []string) []string {
 		case letter == 'o', letter == 'O', letter == 'A', letter == 'e', a == "-v", a == "-m", a == "-n", a == "-U":
 			// Error modes (-oem), queue options, -Ac/-Am, verbose: no
 			// equivalent here, harmless to ignore.
-		case letter == 'h' && rest == "":
-			i++ // -h hopcount: its value too
+		case letter == 'h' && rest == "" && i+1 < len(args) && isDigits(args[i+1]):
+			i++ // -h hopcount: its value too; a bare -h asks for help
 		default:
 			out = append(out, a)
 		}
@@ -51,4 +51,13 @@ func dsnNotify(v string) []string {
 		}
 	}
 	return out
+}
+
+func isDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
