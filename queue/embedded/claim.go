@@ -34,11 +34,17 @@ func (s *Store) Claim(ctx context.Context, p queue.ClaimParams) ([]*queue.Lease,
 	)
 	err = s.write(func(b *btx) (bool, error) {
 		leases = nil
-		picks, repairs := b.selectDue(p)
+		picks, repairs, arrRepairs := b.selectDue(p)
 		scans = b.scanned
 		changed := false
 		for _, k := range repairs {
 			if err := b.repair(k); err != nil {
+				return false, err
+			}
+		}
+		for _, k := range arrRepairs {
+			b.dirty = true
+			if err := b.arr.Delete(k); err != nil {
 				return false, err
 			}
 		}
@@ -101,8 +107,9 @@ func (h *dueHeap) Pop() any {
 }
 
 // selectDue chooses up to Limit groups without writing (bbolt cursors must
-// not see writes). repairs are index keys that point at nothing.
-func (b *btx) selectDue(p queue.ClaimParams) (picks []pick, repairs [][]byte) {
+// not see writes). repairs and arrRepairs are rdue and arr keys that point
+// at nothing.
+func (b *btx) selectDue(p queue.ClaimParams) (picks []pick, repairs, arrRepairs [][]byte) {
 	limit := max(p.Limit, 1)
 	now := nanos(p.Now)
 	seen := map[[2]string]bool{}
@@ -126,8 +133,11 @@ func (b *btx) selectDue(p queue.ClaimParams) (picks []pick, repairs [][]byte) {
 			}
 			id := queue.ID(k[timeLen:])
 			r, err := b.loadMsg(id)
+			if r == nil && err == nil {
+				arrRepairs = append(arrRepairs, bytes.Clone(k)) // its message was quarantined
+			}
 			if r == nil || err != nil {
-				continue // handled when Claim meets it through rdue
+				continue // a corrupt record is quarantined when met through rdue
 			}
 			for _, rc := range r.msg.Recipients {
 				if waiting(rc.State) && nanos(rc.NextAttempt) <= now && len(picks) < limit {
@@ -177,7 +187,7 @@ func (b *btx) selectDue(p queue.ClaimParams) (picks []pick, repairs [][]byte) {
 			heap.Pop(&h)
 		}
 	}
-	return picks, repairs
+	return picks, repairs, arrRepairs
 }
 
 // dueAt returns the first rdue entry of prefix after the key after (or the

@@ -105,7 +105,8 @@ func validateMessage(op string, m *queue.Message) error {
 // holding its idempotency key, or a *DuplicateIDError.
 func (b *btx) check(m *queue.Message) (queue.ID, error) {
 	if m.IdempotencyKey != "" {
-		if v := b.idem.Get([]byte(m.IdempotencyKey)); v != nil {
+		// A key whose message was quarantined is free again.
+		if v := b.idem.Get([]byte(m.IdempotencyKey)); v != nil && b.msg.Get(v) != nil {
 			return queue.ID(v), nil
 		}
 	}

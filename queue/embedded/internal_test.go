@@ -256,7 +256,9 @@ func TestCorruptRecordQuarantined(t *testing.T) {
 	s := openT(t, t.TempDir(), nil)
 	ctx := t.Context()
 	for _, id := range []string{"m01", "m02"} {
-		if _, err := s.Enqueue(ctx, queue.EnqueueParams{Message: testMsg(id, t0, "a.example", "b.example"), Body: bytes.NewReader([]byte("x\r\n"))}); err != nil {
+		m := testMsg(id, t0, "a.example", "b.example")
+		m.IdempotencyKey, m.Arrived = "key-"+id, t0.Add(-10*24*time.Hour)
+		if _, err := s.Enqueue(ctx, queue.EnqueueParams{Message: m, Body: bytes.NewReader([]byte("x\r\n"))}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -293,9 +295,22 @@ func TestCorruptRecordQuarantined(t *testing.T) {
 	if kept == nil {
 		t.Fatal("damaged record not kept in the corrupt bucket")
 	}
-	// Later claims find nothing dangling.
-	if ls, err := s.Claim(ctx, queue.ClaimParams{Now: t0.Add(time.Hour), LeaseFor: time.Minute, Limit: 10}); err != nil || len(ls) != 2 {
+	// Later claims, through the due index and the arrival index, find
+	// nothing dangling.
+	p := queue.ClaimParams{Now: t0.Add(time.Hour), LeaseFor: time.Minute, Limit: 10, ExpireArrivedBefore: t0}
+	if ls, err := s.Claim(ctx, p); err != nil || len(ls) != 2 {
 		t.Fatalf("later Claim = %d leases, %v; want m02's two", len(ls), err)
+	}
+	var arr int
+	s.view(func(b *btx) error { arr = b.arr.Stats().KeyN; return nil })
+	if arr != 1 {
+		t.Fatalf("arrival index has %d entries, want only m02's", arr)
+	}
+	// The quarantined message's idempotency key is free again.
+	m := testMsg("m03", t0, "a.example")
+	m.IdempotencyKey = "key-m01"
+	if id, err := s.Enqueue(ctx, queue.EnqueueParams{Message: m, Body: bytes.NewReader(nil)}); err != nil || id != "m03" {
+		t.Fatalf("Enqueue with the quarantined message's key = %q, %v; want m03", id, err)
 	}
 }
 

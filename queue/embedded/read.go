@@ -76,7 +76,9 @@ func (s *Store) OpenBody(ctx context.Context, id queue.ID) (io.ReadCloser, error
 		if errors.Is(err, fs.ErrNotExist) {
 			// Finished or deleted since we read the record; otherwise the
 			// file was lost, which the checked reader would report anyway.
-			if _, gerr := s.Get(ctx, id); errors.Is(gerr, queue.ErrNotFound) {
+			gone := false
+			s.view(func(b *btx) error { gone = b.msg.Get([]byte(id)) == nil; return nil })
+			if gone {
 				return nil, queue.ErrNotFound
 			}
 			return nil, &CorruptError{ID: id, Err: fmt.Errorf("body file %s is missing", r.file)}
