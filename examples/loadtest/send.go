@@ -55,7 +55,7 @@ func (c *sendConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.perConn, "per-conn", 1000, "Deliverer.MaxMessagesPerConn (transactions per connection)")
 	fs.StringVar(&c.phases, "phases", "enqueue,drain,e2e",
 		"comma-separated `phases`: enqueue (no delivery running), drain (deliver what enqueue queued), e2e (enqueue while Run delivers)")
-	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the e2e phase to `file`")
+	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the phases run to `file` (-phases e2e for the end-to-end run alone)")
 	fs.DurationVar(&c.timeout, "timeout", 5*time.Minute, "give up a phase after this long")
 }
 
@@ -103,6 +103,17 @@ func runSend(ctx context.Context, c *sendConfig, out io.Writer) error {
 		}
 		defer pg.close()
 	}
+	if c.cpuprofile != "" {
+		f, err := os.Create(c.cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	body := makeBody(c.size)
 	var enq *phaseEnv // the enqueue phase's queue, which drain delivers
 	defer func() {
@@ -140,13 +151,17 @@ func makeBody(size int) []byte {
 	var b bytes.Buffer
 	b.WriteString("From: <a@example.org>\r\nTo: <b@example.com>\r\nSubject: loadtest\r\n" +
 		"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <loadtest@example.org>\r\n\r\n")
-	line := strings.Repeat("0123456789", 8)[:76] + "\r\n"
-	for n := size; n > 0; n -= len(line) {
-		if n < len(line) {
-			b.WriteString(line[:max(n-2, 0)] + "\r\n")
-			break
-		}
-		b.WriteString(line)
+	text := strings.Repeat("0123456789", 8)
+	k, r := size/78, size%78 // lines of 76 characters and CR LF, and what is left
+	if r == 1 && k > 0 {     // no 1-octet line: lengthen the last full one instead
+		k--
+		r = 79
+	}
+	for range k {
+		b.WriteString(text[:76] + "\r\n")
+	}
+	if r > 0 {
+		b.WriteString(text[:max(r-2, 0)] + "\r\n")
 	}
 	return b.Bytes()
 }
@@ -318,17 +333,6 @@ func e2ePhase(ctx context.Context, c *sendConfig, base string, pg *pgServer, bod
 		return nil, err
 	}
 	defer e.close()
-	if c.cpuprofile != "" {
-		f, err := os.Create(c.cpuprofile)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return nil, err
-		}
-		defer pprof.StopCPUProfile()
-	}
 	u := startUsage(pg)
 	var took time.Duration
 	done, err := e.runUntilDone(ctx, func(ctx context.Context) error {
