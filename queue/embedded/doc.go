@@ -64,11 +64,21 @@
 //	meta     format version and the lease token sequence
 //
 // Claim reads ddue up to Now, then merges the eligible destinations' rdue
-// entries by time, so its cost grows with the leases it returns and the
-// destinations it may contact, not with the queue: mail waiting for later,
-// or for a destination in backoff, is never read. NextDue is the first ddue
-// entry. Open reads neither messages nor indexes; it only lists bodies/ to
-// remove orphan files.
+// entries by time, so the entries it reads grow with the leases it returns
+// and the destinations it may contact, not with the queue: mail waiting for
+// later, or for a destination in backoff, is never read. (What it writes
+// does grow slowly with the queue: bbolt copies each leaf page it changes,
+// and in a large tree the leases' entries share fewer leaves.) With
+// ExpireArrivedBefore set, Claim also reads the arr entries older than that
+// limit, which the queue keeps few by expiring them. NextDue is the first
+// ddue entry. List scans the messages. Open reads neither messages nor
+// indexes; it only lists bodies/ to remove orphan files.
+//
+// Memory: messages are decoded one at a time and never cached, so the Go
+// heap does not grow with the queue. The process RSS does include the
+// database pages the kernel has mapped for bbolt's reads; they are clean
+// file pages the kernel reclaims under pressure, and a restarted process
+// maps only what it touches.
 //
 // Records are a compact hand-written binary format (uvarints and
 // length-prefixed strings) with a version byte and a CRC-32C trailer.

@@ -140,6 +140,11 @@ func Open(dir string, opts *Options) (*Store, error) {
 		return nil, fmt.Errorf("embedded: opening %s: %w", path, err)
 	}
 	s.db = db
+	// bbolt does not make the directory entry of a new database durable.
+	if err := syncDir(dir); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if err := s.init(); err != nil {
 		db.Close()
 		return nil, err
