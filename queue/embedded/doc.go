@@ -42,8 +42,9 @@
 // A torn or damaged record or body is detected by its CRC-32C (bbolt
 // checksums only its own meta pages): Get reports *CorruptError, Claim moves
 // a corrupt record to the "corrupt" bucket instead of delivering it, and the
-// body reader fails with *CorruptError before the end of a damaged body, so
-// the delivery engine never sends it as complete.
+// body reader returns *CorruptError in place of io.EOF at the end of a
+// damaged body, so the delivery engine never takes it as complete and never
+// sends the final dot.
 //
 // # Layout
 //
