@@ -15,6 +15,7 @@ type InvalidError struct {
 	Reason string
 }
 
+// Error returns "embedded: invalid Op: Reason".
 func (e *InvalidError) Error() string { return "embedded: invalid " + e.Op + ": " + e.Reason }
 
 // DuplicateIDError is returned by Enqueue for an ID that is already in the
@@ -23,6 +24,7 @@ type DuplicateIDError struct {
 	ID queue.ID
 }
 
+// Error names the duplicate ID.
 func (e *DuplicateIDError) Error() string {
 	return "embedded: message ID " + string(e.ID) + " already in the store"
 }

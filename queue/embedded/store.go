@@ -69,6 +69,7 @@ type LockedError struct {
 	Path string
 }
 
+// Error names the locked database file.
 func (e *LockedError) Error() string {
 	return "embedded: " + e.Path + " is locked by another process (the embedded store is single-process)"
 }
@@ -82,6 +83,7 @@ type FailedError struct {
 	Err error
 }
 
+// Error says that writes are refused, and why.
 func (e *FailedError) Error() string {
 	return "embedded: store failed, writes refused: " + e.Err.Error()
 }
@@ -97,6 +99,7 @@ type CorruptError struct {
 	Err error
 }
 
+// Error names the message and what is wrong with it.
 func (e *CorruptError) Error() string {
 	return fmt.Sprintf("embedded: message %s is corrupt: %v", e.ID, e.Err)
 }
