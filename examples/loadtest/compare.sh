@@ -33,7 +33,7 @@ WORKERS=${WORKERS:-32}
 CONNS=${CONNS:-16}
 PORT=${PORT:-26500}
 PFX_PORT=$((PORT + 1))
-PG=${PG:-postgres://postgres@127.0.0.1:5432/test?pool_max_conns=16}
+PG=${PG:-postgres://postgres@127.0.0.1:5432/test?pool_max_conns=16&sslmode=disable}
 STORES=${STORES:-embedded postgres}
 STEP_TIMEOUT=${STEP_TIMEOUT:-300} # seconds, for any one step
 FROM=a@example.org

@@ -45,8 +45,8 @@ func (c *sendConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.addr, "addr", "", "SMTP `host:port` to relay every message to (required), e.g. a Postfix smtp-sink")
 	fs.StringVar(&c.store, "store", "embedded", "queue store: embedded or postgres")
 	fs.StringVar(&c.dir, "dir", "", "`directory` for the embedded stores (default: a temporary directory, removed)")
-	fs.StringVar(&c.pg, "pg", "postgres://postgres@127.0.0.1:5432/test?pool_max_conns=16",
-		"PostgreSQL `connection string`; each phase uses a schema of its own, dropped at the end")
+	fs.StringVar(&c.pg, "pg", "postgres://postgres@127.0.0.1:5432/test?pool_max_conns=16&sslmode=disable",
+		"PostgreSQL `connection string` (TLS off: loopback); each phase uses a schema of its own, dropped at the end")
 	fs.IntVar(&c.n, "n", 10000, "`messages` per phase")
 	fs.IntVar(&c.size, "size", 2048, "payload `octets` per message, after a header of about 200 octets (as smtp-source -l)")
 	fs.IntVar(&c.producers, "producers", 16, "concurrent goroutines calling Enqueue")
