@@ -153,6 +153,7 @@ func testConcurrentClaimFinishEnqueue(e *env) {
 		})
 	}
 	wg.Wait()
+	done.Wait() // a producer that fails after the workers quit still sends on errs
 	close(errs)
 	for err := range errs {
 		e.t.Fatal(err)
