@@ -28,10 +28,14 @@
 // destination sees one connection, not many. After a start, the number of
 // attempts in flight grows from one to Workers over Config.StartupRamp, so
 // a restart after an outage is not a burst at every destination at once.
-// Work is claimed oldest first whatever its destination: a large backlog
-// for one destination at its connection limit delays later mail for other
-// destinations until it drains (the Store interface has no way to skip a
-// busy destination yet).
+// Work is claimed oldest first across destinations, except that a
+// destination for which Run already holds as many waiting leases as may
+// run there at once is left out of its claims
+// (ClaimParams.ExcludeDestinations): a large backlog for one destination
+// at its connection or rate limit does not hold back younger mail for
+// others. While such a backlog waits, retries at other destinations may
+// start up to Config.PollInterval late (never early): Store.NextDue cannot
+// see past the excluded work.
 //
 // # How retries work
 //

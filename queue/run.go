@@ -59,6 +59,9 @@ type runner struct {
 	tasks   int                   // goroutines that will send on done (attempts and releases)
 	done    chan attemptResult
 	stats   Stats
+	// excluded lists the busy destinations the last claim left out, when
+	// it came back short (busy.go).
+	excluded []string
 
 	attemptCtx context.Context // cancelled after the shutdown timeout
 	gate       gate            // destinations in backoff, for attempts about to start
@@ -98,25 +101,39 @@ func (r *runner) loop(ctx context.Context) error {
 	}
 	for ctx.Err() == nil {
 		now := q.cfg.Clock.Now()
+		if !mayBeDue && r.unexcluded() {
+			mayBeDue, r.excluded = true, nil
+		}
 		free := r.claimable(now)
 		if free > 0 && mayBeDue && !now.Before(retryAt) {
+			excluded := r.exclusions()
 			leases, err := q.cfg.Store.Claim(ctx, ClaimParams{
 				Now:                 now,
 				Owner:               q.cfg.Owner,
 				LeaseFor:            q.cfg.LeaseFor,
 				Limit:               free,
 				ExpireArrivedBefore: now.Add(-q.lifetime - expiryGrace),
+				ExcludeDestinations: excluded,
 			})
 			switch {
 			case err == nil:
 				failures = 0
 				mayBeDue = len(leases) == free
+				r.excluded = nil
+				if !mayBeDue {
+					r.excluded = excluded
+				}
 				for _, l := range leases {
 					r.add(l)
 				}
 				r.dispatch(now)
 				if !mayBeDue && !r.once {
 					dueAt = r.nextDue(ctx, now)
+					if len(excluded) > 0 && !dueAt.After(now) {
+						// Likely the excluded backlog: wait for one of
+						// those destinations to take work, or the poll.
+						dueAt = time.Time{}
+					}
 				}
 			case ctx.Err() != nil:
 				continue
@@ -195,13 +212,16 @@ func (r *runner) nextDue(ctx context.Context, now time.Time) time.Time {
 // claimable is how many leases the next claim may take: leases are held
 // up to twice the capacity (those running, and as many waiting to start),
 // and claimed in batches once the waiting ones run low, so that one claim
-// (one commit) feeds many attempts.
+// (one commit) feeds many attempts. Leases parked at their destination's
+// own limits do not count, up to twice the capacity: they must not stop
+// the claims of work for other destinations (busy.go).
 func (r *runner) claimable(now time.Time) int {
 	c := r.capacity(now)
-	if r.waiting > c/2 {
+	waiting := r.waiting - min(r.parked(now), 2*c)
+	if waiting > c/2 {
 		return 0
 	}
-	return max(2*c-r.tasks-r.waiting, 0)
+	return max(2*c-r.tasks-waiting, 0)
 }
 
 // capacity is how many attempts may run at now: Workers, ramped up from 1

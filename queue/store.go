@@ -40,9 +40,11 @@ type Store interface {
 	// most one lease for it and moves its NextAllowed to Now+LeaseFor, so no
 	// other worker contacts it until the probe finishes.
 	//
-	// Recipients whose message arrived before ExpireArrivedBefore (when not
-	// zero) are due regardless of their destination's NextAllowed, so that
-	// they can be expired on time while the destination is down.
+	// Recipients at a destination in ExcludeDestinations are not due,
+	// unless their message arrived before ExpireArrivedBefore (when not
+	// zero): those are due regardless of their destination's NextAllowed and
+	// of ExcludeDestinations, so that they can be expired on time while the
+	// destination is down or busy.
 	//
 	// Claim must cost about O(leases returned + destinations), not O(queue).
 	Claim(ctx context.Context, p ClaimParams) ([]*Lease, error)
@@ -111,6 +113,13 @@ type ClaimParams struct {
 	LeaseFor            time.Duration // lease length and the earliest retry after a crash
 	Limit               int           // maximum number of leases; 0 means 1
 	ExpireArrivedBefore time.Time     // see Store.Claim; zero disables
+	// ExcludeDestinations lists destinations whose recipients Claim must
+	// not lease (expiry aside, see Store.Claim) and whose probe it must not
+	// start. A scheduler names the destinations where it already holds as
+	// much work as its per-destination limits let it start, so that their
+	// backlog does not fill the claim while mail for other destinations
+	// waits.
+	ExcludeDestinations []string
 }
 
 // Lease is the right to attempt delivery of some recipients of one message at

@@ -7,9 +7,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,6 +44,7 @@ type scaleConfig struct {
 	workers   int
 	reuse     bool
 	cold      bool
+	profile   string
 	t0        int64 // scale-child: the parent's clock just before exec, in Unix nanoseconds
 }
 
@@ -57,6 +60,7 @@ func (c *scaleConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.workers, "workers", 16, "queue Config.Workers and connections to the relay")
 	fs.BoolVar(&c.reuse, "reuse", false, "with -dir: keep a store seeded by an earlier run with the same -queued")
 	fs.BoolVar(&c.cold, "cold", true, "evict queue.db from the page cache (fadvise DONTNEED) before each restart")
+	fs.StringVar(&c.profile, "cpuprofile", "", "write a CPU profile of each restart to `prefix`-STORE-ROUND.pprof")
 	fs.Int64Var(&c.t0, "t0", 0, "internal: exec time of a "+scaleChildCommand)
 }
 
@@ -80,7 +84,15 @@ func runScale(ctx context.Context, c *scaleConfig, stdout, stderr io.Writer) err
 	}
 	big, small := filepath.Join(base, "big"), filepath.Join(base, "small")
 	marker := filepath.Join(base, "seeded")
-	if b, err := os.ReadFile(marker); c.reuse && err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(c.queued) {
+	// The due messages go to c.addr: a refused connection would put that
+	// destination in backoff in the store, and the next runs would find
+	// nothing due.
+	conn, err := net.DialTimeout("tcp", c.addr, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("no SMTP server at -addr: %w", err)
+	}
+	conn.Close()
+	if c.reuse && reusable(ctx, marker, big, c.queued, stderr) {
 		fmt.Fprintf(stderr, "reusing the %d messages seeded in %s\n", c.queued, big)
 	} else {
 		for _, d := range []string{big, small, marker} {
@@ -111,7 +123,7 @@ func runScale(ctx context.Context, c *scaleConfig, stdout, stderr io.Writer) err
 			if err := addDue(ctx, c, dir, fmt.Sprintf("due-%d-", round)); err != nil {
 				return fmt.Errorf("%s: adding due messages: %w", name, err)
 			}
-			cr, err := restart(ctx, c, dir)
+			cr, err := restart(ctx, c, dir, round)
 			if err != nil {
 				return fmt.Errorf("%s: restart: %w", name, err)
 			}
@@ -130,6 +142,25 @@ func runScale(ctx context.Context, c *scaleConfig, stdout, stderr io.Writer) err
 		r.write(stdout)
 	}
 	return nil
+}
+
+// reusable reports whether dir holds the c.queued messages an earlier run
+// seeded, none of them due for the next 10 minutes.
+func reusable(ctx context.Context, marker, dir string, queued int, stderr io.Writer) bool {
+	if b, err := os.ReadFile(marker); err != nil || strings.TrimSpace(string(b)) != strconv.Itoa(queued) {
+		return false
+	}
+	s, err := embedded.Open(dir, nil)
+	if err != nil {
+		return false
+	}
+	defer s.Close()
+	at, ok, err := s.NextDue(ctx, time.Now())
+	if err != nil || !ok || time.Until(at) < 10*time.Minute {
+		fmt.Fprintf(stderr, "the seeded store has work due at %v (%v): seeding again\n", at.Round(time.Second), err)
+		return false
+	}
+	return true
 }
 
 // seed fills dir with c.queued messages in the state a 451 leaves them: one
@@ -245,7 +276,7 @@ type childResult struct {
 
 // restart runs a scale-child on dir and adds the child's rusage (peak RSS
 // and CPU as the kernel counted them) to what it printed.
-func restart(ctx context.Context, c *scaleConfig, dir string) (*childResult, error) {
+func restart(ctx context.Context, c *scaleConfig, dir string, round int) (*childResult, error) {
 	if c.cold {
 		if err := evict(filepath.Join(dir, "queue.db")); err != nil {
 			return nil, err
@@ -257,6 +288,9 @@ func restart(ctx context.Context, c *scaleConfig, dir string) (*childResult, err
 	}
 	cmd := exec.CommandContext(ctx, exe, scaleChildCommand, "-addr", c.addr, "-dir", dir,
 		"-due", strconv.Itoa(c.due), "-workers", strconv.Itoa(c.workers), "-t0", strconv.FormatInt(time.Now().UnixNano(), 10))
+	if c.profile != "" {
+		cmd.Args = append(cmd.Args, "-cpuprofile", fmt.Sprintf("%s-%s-%d.pprof", c.profile, filepath.Base(dir), round+1))
+	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
@@ -324,12 +358,24 @@ func evict(path string) error {
 func runScaleChild(ctx context.Context, c *scaleConfig, out io.Writer) error {
 	t0 := time.Unix(0, c.t0)
 	start := time.Now()
-	s, err := embedded.Open(c.dir, nil)
+	if c.profile != "" {
+		f, err := os.Create(c.profile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	es, err := embedded.Open(c.dir, nil)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
+	defer es.Close()
 	opened := time.Now()
+	s := newTimedStore(es)
 	d := relayDeliverer(c)
 	defer d.Close()
 	var first atomic.Int64
@@ -351,6 +397,8 @@ func runScaleChild(ctx context.Context, c *scaleConfig, out io.Writer) error {
 	}
 	ran := time.Now()
 	if st.Delivered != c.due {
+		// A store whose relay destination is in backoff (an earlier run
+		// found no server) has nothing due: seed it again.
 		return fmt.Errorf("RunOnce delivered %d of %d due (%+v)", st.Delivered, c.due, st)
 	}
 	mem := selfMem()
@@ -363,6 +411,7 @@ func runScaleChild(ctx context.Context, c *scaleConfig, out io.Writer) error {
 	r.set("peak_rss_mb", mb(mem.Peak))
 	r.set("anon_mb", mb(mem.Anon))
 	r.set("file_mb", mb(mem.File))
+	s.report(r)
 	r.write(out)
 	return nil
 }
@@ -377,4 +426,52 @@ func dirSize(dir string) int64 {
 		return nil
 	})
 	return n
+}
+
+// timedStore wraps a store to time the calls a run makes, so that the cost
+// of a run can be split between the store and the rest (SMTP, scheduling).
+// The embedded store has no optional interfaces (queue.Waker) to hide.
+type timedStore struct {
+	queue.Store
+	mu    sync.Mutex
+	calls map[string]int
+	spent map[string]time.Duration
+}
+
+func newTimedStore(s queue.Store) *timedStore {
+	return &timedStore{Store: s, calls: map[string]int{}, spent: map[string]time.Duration{}}
+}
+
+func (t *timedStore) record(op string, start time.Time) {
+	d := time.Since(start)
+	t.mu.Lock()
+	t.calls[op]++
+	t.spent[op] += d
+	t.mu.Unlock()
+}
+
+func (t *timedStore) Claim(ctx context.Context, p queue.ClaimParams) ([]*queue.Lease, error) {
+	defer t.record("claim", time.Now())
+	return t.Store.Claim(ctx, p)
+}
+
+func (t *timedStore) Finish(ctx context.Context, p queue.FinishParams) error {
+	defer t.record("finish", time.Now())
+	return t.Store.Finish(ctx, p)
+}
+
+func (t *timedStore) NextDue(ctx context.Context, now time.Time) (time.Time, bool, error) {
+	defer t.record("nextdue", time.Now())
+	return t.Store.NextDue(ctx, now)
+}
+
+// report adds, per operation, the number of calls and the total time in
+// them (concurrent calls overlap: Finish from several workers).
+func (t *timedStore) report(r *result) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, op := range []string{"claim", "finish", "nextdue"} {
+		r.set(op+"_calls", t.calls[op])
+		r.set(op+"_ms", t.spent[op])
+	}
 }

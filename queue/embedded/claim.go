@@ -15,7 +15,8 @@ import (
 // due entries it takes (rdue): a destination in backoff with 10,000 due
 // recipients costs nothing, and a queue of a million messages waiting for
 // later costs nothing either. Destinations are merged by their earliest due
-// entry so the oldest work goes first across all of them.
+// entry so the oldest work goes first across all of them. An excluded
+// destination costs one map lookup.
 func (s *Store) Claim(ctx context.Context, p queue.ClaimParams) ([]*queue.Lease, error) {
 	end, err := s.begin()
 	if err != nil {
@@ -112,6 +113,10 @@ func (h *dueHeap) Pop() any {
 func (b *btx) selectDue(p queue.ClaimParams) (picks []pick, repairs, arrRepairs [][]byte) {
 	limit := max(p.Limit, 1)
 	now := nanos(p.Now)
+	excluded := make(map[string]bool, len(p.ExcludeDestinations))
+	for _, d := range p.ExcludeDestinations {
+		excluded[d] = true
+	}
 	seen := map[[2]string]bool{}
 	add := func(pk pick) {
 		k := [2]string{string(pk.id), pk.dest}
@@ -121,8 +126,8 @@ func (b *btx) selectDue(p queue.ClaimParams) (picks []pick, repairs, arrRepairs 
 		}
 	}
 
-	// Messages past their lifetime go first and ignore destination backoff:
-	// they are about to be expired, not delivered.
+	// Messages past their lifetime go first and ignore destination backoff
+	// and exclusions: they are about to be expired, not delivered.
 	if !p.ExpireArrivedBefore.IsZero() {
 		before := nanos(p.ExpireArrivedBefore)
 		c := b.arr.Cursor()
@@ -156,6 +161,9 @@ func (b *btx) selectDue(p queue.ClaimParams) (picks []pick, repairs, arrRepairs 
 			break
 		}
 		dest := string(k[timeLen:])
+		if excluded[dest] {
+			continue
+		}
 		probe := false
 		if v := b.dest.Get([]byte(dest)); v != nil {
 			d, err := decodeDest(v) // a corrupt one is healed when written

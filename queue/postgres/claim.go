@@ -31,8 +31,9 @@ type candidate struct {
 // short transaction it
 //
 //  1. picks candidate (message, destination) pairs without locking, walking
-//     the destinations that may be contacted (index range per destination:
-//     a blocked destination costs one probe however much mail waits for it);
+//     the destinations that may be contacted and are not excluded (index
+//     range per destination: a blocked destination costs one probe however
+//     much mail waits for it);
 //  2. locks them with FOR UPDATE SKIP LOCKED, so that concurrent claimers on
 //     any node skip each other's pairs instead of waiting or double-leasing;
 //  3. locks the destinations it probes (SKIP LOCKED again: one winner);
@@ -140,8 +141,12 @@ func (s *Store) claim(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, limit
 // due.
 func (s *Store) lockDue(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, limit int) ([]pair, map[string]bool, error) {
 	fetch := 2*limit + 8
+	excluded := p.ExcludeDestinations
+	if excluded == nil {
+		excluded = []string{} // NULL would exclude everything
+	}
 	for round := 1; ; round++ {
-		rows, err := tx.Query(ctx, s.q.claimCandidates, p.Now, fetch, nullTime(p.ExpireArrivedBefore))
+		rows, err := tx.Query(ctx, s.q.claimCandidates, p.Now, fetch, nullTime(p.ExpireArrivedBefore), excluded)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -97,7 +97,7 @@ func TestClaim_CostIndependentOfQueue(t *testing.T) {
 	now, limit := t0.Add(time.Minute), 10
 	for _, mode := range []string{"force_custom_plan", "force_generic_plan"} {
 		for _, expire := range []any{nil, t0.Add(-queued * time.Second)} {
-			rows, how := explainCandidates(t, s, mode, now, limit, expire)
+			rows, how := explainCandidates(t, s, mode, now, limit, expire, nil)
 			t.Logf("%s, expire %v: %.0f delivery rows read via %s", mode, expire, rows, strings.Join(how, ", "))
 			if rows > 500 {
 				t.Errorf("%s: claim read %.0f delivery rows for %d leases in a queue of %d", mode, rows, limit, queued)
@@ -131,9 +131,50 @@ func TestClaim_CostIndependentOfQueue(t *testing.T) {
 	}
 }
 
+// TestClaim_ExcludedCostsNothing checks with EXPLAIN ANALYZE that a
+// destination in ClaimParams.ExcludeDestinations costs Claim nothing
+// however much mail is due there: the scheduler excludes exactly the
+// destinations with the largest backlogs.
+func TestClaim_ExcludedCostsNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills a queue of 100,000 messages")
+	}
+	t.Parallel()
+	s := newTestStore(t)
+	ctx := context.Background()
+	const queued = 100_000
+	fillQueue(t, s, "busy.example", "b", queued)
+	for i := range 50 {
+		fillQueue(t, s, fmt.Sprintf("open%d.example", i), fmt.Sprintf("o%d-", i), 2)
+	}
+	if _, err := s.Pool().Exec(ctx, "ANALYZE "+pgx.Identifier{s.schema, "delivery"}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	now, limit, excluded := t0.Add(time.Minute), 10, []string{"busy.example", "absent.example"}
+	for _, mode := range []string{"force_custom_plan", "force_generic_plan"} {
+		rows, how := explainCandidates(t, s, mode, now, limit, nil, excluded)
+		t.Logf("%s: %.0f delivery rows read via %s", mode, rows, strings.Join(how, ", "))
+		if rows > 500 {
+			t.Errorf("%s: claim read %.0f delivery rows for %d leases, excluding a destination with %d", mode, rows, limit, queued)
+		}
+	}
+	ls, err := s.Claim(ctx, queue.ClaimParams{Now: now, Owner: "w", LeaseFor: leaseFor, Limit: limit, ExcludeDestinations: excluded})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != limit {
+		t.Fatalf("claimed %d leases, want %d", len(ls), limit)
+	}
+	for _, l := range ls {
+		if l.Destination == "busy.example" {
+			t.Fatalf("claimed %s at the excluded destination", l.Message.ID)
+		}
+	}
+}
+
 // explainCandidates runs claimCandidates under EXPLAIN ANALYZE with the
 // given plan_cache_mode.
-func explainCandidates(t *testing.T, s *Store, mode string, now time.Time, limit int, expire any) (float64, []string) {
+func explainCandidates(t *testing.T, s *Store, mode string, now time.Time, limit int, expire any, excluded []string) (float64, []string) {
 	t.Helper()
 	ctx := context.Background()
 	tx, err := s.Pool().Begin(ctx)
@@ -144,7 +185,7 @@ func explainCandidates(t *testing.T, s *Store, mode string, now time.Time, limit
 	if _, err := tx.Exec(ctx, "SET LOCAL plan_cache_mode = "+mode); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(ctx, "PREPARE candidates (timestamptz, int, timestamptz) AS "+s.q.claimCandidates); err != nil {
+	if _, err := tx.Exec(ctx, "PREPARE candidates (timestamptz, int, timestamptz, text[]) AS "+s.q.claimCandidates); err != nil {
 		t.Fatal(err)
 	}
 	var out []byte
@@ -155,7 +196,8 @@ func explainCandidates(t *testing.T, s *Store, mode string, now time.Time, limit
 		}
 		return "NULL"
 	}
-	explain := fmt.Sprintf("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE candidates (%s, %d, %s)", lit(now), 2*limit, lit(expire))
+	explain := fmt.Sprintf("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE candidates (%s, %d, %s, ARRAY[%s]::text[])",
+		lit(now), 2*limit, lit(expire), strings.Join(quoted(excluded), ","))
 	err = tx.QueryRow(ctx, explain).Scan(&out)
 	if _, derr := tx.Exec(ctx, "DEALLOCATE candidates"); derr != nil && err == nil {
 		err = derr
@@ -170,4 +212,13 @@ func explainCandidates(t *testing.T, s *Store, mode string, now time.Time, limit
 		t.Fatalf("EXPLAIN output: %v: %s", err, out)
 	}
 	return deliveryRowsRead(plans[0].Plan)
+}
+
+// quoted returns each name as an SQL string literal.
+func quoted(names []string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = "'" + strings.ReplaceAll(n, "'", "''") + "'"
+	}
+	return out
 }

@@ -264,8 +264,10 @@ WHERE dl.message_id = $1`
 	// pairs (one while the destination is probed after failures). Pairs
 	// whose message arrived before $3 are due wherever they wait, even at a
 	// blocked destination, so that they can be expired on time; they are
-	// never probes. The cost grows with destinations and leases, never with
-	// the length of the queue.
+	// never probes. Destinations in $4 are skipped (but not for expiry)
+	// during the destination walk, before any of their pairs is read. The
+	// cost grows with destinations and leases, never with the length of the
+	// queue.
 	claimCandidates = `
 WITH RECURSIVE waiting (destination) AS (
     SELECT min(destination) FROM {schema}.delivery WHERE next_attempt IS NOT NULL
@@ -285,7 +287,8 @@ WITH RECURSIVE waiting (destination) AS (
         ORDER BY dl.next_attempt
         LIMIT CASE WHEN d.consecutive_failures > 0 THEN 1 ELSE $2 END
     ) c
-    WHERE d.next_allowed IS NULL OR d.next_allowed <= $1
+    WHERE (d.next_allowed IS NULL OR d.next_allowed <= $1)
+      AND w.destination <> ALL ($4::text[])
 ), expiring AS (
     SELECT dl.message_id, dl.destination, dl.next_attempt, false AS probe
     FROM {schema}.delivery dl

@@ -22,6 +22,9 @@ func claimTests() []subtest {
 		{"OldestFirst", testClaimOldestFirst},
 		{"WritesAttempt", testClaimWritesAttempt},
 		{"ExpireArrivedBefore", testClaimExpireArrivedBefore},
+		{"ExcludesDestinations", testClaimExcludesDestinations},
+		{"ExcludedProbeNotStarted", testClaimExcludedProbeNotStarted},
+		{"ExcludedStillExpire", testClaimExcludedStillExpire},
 	}
 }
 
@@ -218,3 +221,54 @@ func testClaimExpireArrivedBefore(e *env) {
 	ls = e.claimParams(queue.ClaimParams{Now: t0, Limit: 10, ExpireArrivedBefore: limit})
 	e.wantKeys(ls, "{}")
 }
+
+func testClaimExcludesDestinations(e *env) {
+	// The busy destination's backlog is older than the other mail: without
+	// the exclusion it would fill the claim.
+	for i := 1; i <= 5; i++ {
+		e.add(msg(fmt.Sprintf("m%02d", i), at(rcpt(fmt.Sprintf("a%d@busy.example", i), "busy.example"), t0.Add(-time.Hour))))
+	}
+	e.add(msg("m06", rcpt("b@one.example", "one.example"), rcpt("c@busy.example", "busy.example")))
+	e.add(msg("m07", rcpt("d@two.example", "two.example")))
+	e.add(msg("m08", rcpt("e@three.example", "three.example")))
+	excl := []string{"busy.example", "three.example", "absent.example"}
+	ls := e.claimParams(queue.ClaimParams{Now: t0, Limit: 2, ExcludeDestinations: excl})
+	e.wantKeys(ls, "{m06@one.example[b@one.example] m07@two.example[d@two.example]}")
+	ls = e.claimParams(queue.ClaimParams{Now: t0, Limit: 10, ExcludeDestinations: excl})
+	e.wantKeys(ls, "{}")
+	// The excluded work is still due, and claimed oldest first once no
+	// longer excluded.
+	ls = e.claimParams(queue.ClaimParams{Now: t0, Limit: 3, ExcludeDestinations: []string{}})
+	e.wantKeys(ls, "{m01@busy.example[a1@busy.example] m02@busy.example[a2@busy.example] m03@busy.example[a3@busy.example]}")
+	ls = e.claimParams(queue.ClaimParams{Now: t0, Limit: 10, ExcludeDestinations: []string{"busy.example"}})
+	e.wantKeys(ls, "{m08@three.example[e@three.example]}")
+	ls = e.claim(t0, 10)
+	e.wantKeys(ls, "{m04@busy.example[a4@busy.example] m05@busy.example[a5@busy.example] m06@busy.example[c@busy.example]}")
+}
+
+func testClaimExcludedProbeNotStarted(e *env) {
+	e.setDestination(failing("flaky.example"))
+	addMany(e, 2, "flaky.example")
+	now := t0.Add(time.Minute)
+	ls := e.claimParams(queue.ClaimParams{Now: now, Limit: 10, ExcludeDestinations: []string{"flaky.example"}})
+	e.wantKeys(ls, "{}")
+	// No probe was started: the destination may still be contacted now.
+	equalDest(e.t, "status after an excluded claim", e.destination("flaky.example"), ptr(failing("flaky.example")))
+	if n := countDest(e.claim(now, 10), "flaky.example"); n != 1 {
+		e.t.Fatalf("claim without exclusion returned %d leases for the failing destination, want one probe", n)
+	}
+}
+
+func testClaimExcludedStillExpire(e *env) {
+	old := msg("m01", rcpt("a@busy.example", "busy.example"))
+	old.Arrived = t0.Add(-6 * 24 * time.Hour)
+	e.add(old)
+	e.add(msg("m02", rcpt("b@busy.example", "busy.example")))
+	// Expiry ignores exclusions as it ignores backoff: the old message is
+	// due so that it is expired on time.
+	ls := e.claimParams(queue.ClaimParams{Now: t0, Limit: 10, ExpireArrivedBefore: t0.Add(-5 * 24 * time.Hour),
+		ExcludeDestinations: []string{"busy.example"}})
+	e.wantKeys(ls, "{m01@busy.example[a@busy.example]}")
+}
+
+func ptr[T any](v T) *T { return &v }

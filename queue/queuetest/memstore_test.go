@@ -111,7 +111,7 @@ func (s *memStore) Claim(ctx context.Context, p queue.ClaimParams) ([]*queue.Lea
 			if !waiting(r.State) || r.NextAttempt.After(p.Now) {
 				continue
 			}
-			if s.dests[r.Destination].NextAllowed.After(p.Now) && !expiring {
+			if (s.dests[r.Destination].NextAllowed.After(p.Now) || slices.Contains(p.ExcludeDestinations, r.Destination)) && !expiring {
 				continue
 			}
 			k := [2]string{string(id), r.Destination}
