@@ -39,6 +39,9 @@ type attemptResult struct {
 	// slot is set for attempt goroutines (which hold one of the
 	// destination's running slots), not for releases.
 	slot bool
+	// noSlot is set when the store's connection slots were all taken, so
+	// no attempt was made (slots.go).
+	noSlot *noSlot
 }
 
 // attempt runs one lease to the end: Deliver, then record every outcome

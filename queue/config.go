@@ -60,13 +60,19 @@ type Config struct {
 	// MaxConnsPerDestination is the maximum number of attempts in flight to
 	// one destination; 0 means 4. A destination starts at one until an
 	// attempt has reached it (slow start), so a dead destination sees one
-	// connection, not MaxConnsPerDestination.
+	// connection, not MaxConnsPerDestination. With a Store that implements
+	// SlotStore (PostgreSQL), the limit holds for all the processes sharing
+	// the store together; connections the Deliverer keeps idle for reuse
+	// are not counted.
 	MaxConnsPerDestination int
 	// DestinationRate is how many attempts may start per second at one
 	// destination, with bursts of MaxConnsPerDestination (sendmail's
 	// ConnectionRateThrottle, applied per destination). Every attempt may
 	// open a connection, unless the Deliverer reuses an idle one, so this
-	// bounds new connections per second. 0 means no limit.
+	// bounds new connections per second. 0 means no limit. With a
+	// SlotStore it holds cluster-wide too, as a sliding window: each of the
+	// MaxConnsPerDestination slots stays busy for
+	// MaxConnsPerDestination/DestinationRate seconds after it was taken.
 	DestinationRate float64
 
 	// LeaseFor is how long a claimed attempt may take, and how long its

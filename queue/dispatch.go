@@ -72,6 +72,9 @@ type destState struct {
 	// Token bucket for Config.DestinationRate.
 	tokens float64
 	filled time.Time
+	// slotWait: no attempt starts before it, for want of a cluster-wide
+	// connection slot (slots.go).
+	slotWait time.Time
 }
 
 // add takes a claimed lease: it waits in its destination's queue until
@@ -90,7 +93,7 @@ func (r *runner) add(l *Lease) {
 func (r *runner) dispatch(now time.Time) {
 	capacity := r.capacity(now)
 	for _, d := range r.dests {
-		for len(d.queue) > 0 && d.running < r.limit(d) && r.running < capacity {
+		for len(d.queue) > 0 && d.running < r.limit(d) && r.running < capacity && !d.slotWait.After(now) {
 			l := d.queue[0]
 			if r.stale(l, now) {
 				// It waited too long for a slot: give it back, due
@@ -109,8 +112,7 @@ func (r *runner) dispatch(now time.Time) {
 			d.queue = d.queue[1:]
 			r.waiting--
 			d.running++
-			healthy := d.reached
-			r.spawn(l.Destination, true, func() attemptResult { return r.q.attempt(r.attemptCtx, l, healthy, &r.gate) })
+			r.spawn(l.Destination, true, r.startAttempt(l, d.reached, r.limit(d)))
 		}
 		r.forget(d, now)
 	}
@@ -153,6 +155,10 @@ func (r *runner) finished(res attemptResult) {
 	}
 	if res.slot {
 		d.running--
+	}
+	if r.slotDone(d, res) {
+		r.dispatch(r.q.cfg.Clock.Now())
+		return
 	}
 	switch {
 	case res.unavailable:
@@ -209,7 +215,7 @@ func (r *runner) nextDispatch(now time.Time) time.Time {
 	}
 	var at time.Time
 	for _, d := range r.dests {
-		if len(d.queue) == 0 || d.running >= r.limit(d) {
+		if len(d.queue) == 0 || d.running >= r.limit(d) || d.slotWait.After(now) {
 			continue
 		}
 		missing := 1 - d.tokens

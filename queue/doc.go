@@ -28,6 +28,11 @@
 // destination sees one connection, not many. After a start, the number of
 // attempts in flight grows from one to Workers over Config.StartupRamp, so
 // a restart after an outage is not a burst at every destination at once.
+// When the Store is shared by several processes and implements SlotStore
+// (PostgreSQL), every attempt also holds one of the destination's
+// cluster-wide connection slots, so the per-destination limits, slow start
+// included, hold for the cluster as a whole; an attempt without a free slot
+// waits for one (it is neither an attempt nor a failure).
 // Work is claimed oldest first across destinations, except that a
 // destination for which Run already holds as many waiting leases as may
 // run there at once is left out of its claims

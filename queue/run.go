@@ -65,6 +65,7 @@ type runner struct {
 
 	attemptCtx context.Context // cancelled after the shutdown timeout
 	gate       gate            // destinations in backoff, for attempts about to start
+	slots      slotState       // cluster-wide connection slots (slots.go)
 }
 
 func (q *Queue) run(ctx context.Context, once bool) (Stats, error) {
@@ -164,6 +165,7 @@ func (r *runner) loop(ctx context.Context) error {
 			}
 		}
 		wakeAt = earliest(wakeAt, r.nextRamp(now))
+		wakeAt = earliest(wakeAt, r.nextSlotRetry(now))
 		var timer <-chan time.Time
 		if !wakeAt.IsZero() {
 			// Never a zero or negative wait: a store whose NextDue
@@ -184,6 +186,7 @@ func (r *runner) loop(ctx context.Context) error {
 			mayBeDue = true
 		case <-wakeups:
 			mayBeDue = true
+			r.slotWakeup()
 		case <-timer:
 			now = q.cfg.Clock.Now()
 			if !dueAt.IsZero() && !now.Before(dueAt) {
@@ -250,6 +253,7 @@ func (r *runner) nextRamp(now time.Time) time.Time {
 // shutdown returns the leases not started and waits for attempts in flight,
 // cancelling them after the shutdown timeout.
 func (r *runner) shutdown(cancelAttempts context.CancelFunc) {
+	r.slots.stopping = true
 	now := r.q.cfg.Clock.Now()
 	for _, d := range r.dests {
 		r.releaseWaiting(d, now)

@@ -63,6 +63,15 @@
 // fenced by token like recipient leases, and a crashed node's slots free
 // themselves when their lease ends.
 //
+// The store is a queue.SlotStore, so queue.Queue.Run uses the slots by
+// itself: every attempt holds one, Max is Config.MaxConnsPerDestination (1
+// while the node has not reached the destination yet, so an unknown or
+// failing destination gets one connection from the whole cluster), and with
+// Config.DestinationRate each slot stays busy for MaxConnsPerDestination /
+// DestinationRate seconds after it was taken. A 421 seen by one node is in
+// the destination row before that node releases its slot, and the next
+// holder reads it before connecting.
+//
 // # Wakeups
 //
 // Enqueue, Release, Retry, Finish with notifications and ReleaseSlot send a

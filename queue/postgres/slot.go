@@ -7,42 +7,46 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/outboundmail/outbound/queue"
 )
 
 var (
-	// ErrNoSlot is returned by AcquireSlot when all of a destination's
-	// slots are leased.
-	ErrNoSlot = errors.New("postgres: no free connection slot")
+	// ErrNoSlot is matched (errors.Is) by the *queue.NoSlotError that
+	// AcquireSlot returns when all of a destination's slots are leased.
+	// It is queue.ErrNoSlot.
+	ErrNoSlot = queue.ErrNoSlot
 	// ErrSlotLost is returned by RenewSlot and ReleaseSlot when the slot
 	// lease is no longer the caller's (it expired and was acquired again).
-	ErrSlotLost = errors.New("postgres: connection slot lease lost")
+	// It is queue.ErrSlotLost.
+	ErrSlotLost = queue.ErrSlotLost
 )
+
+// The store's slots are the ones the scheduler uses: Queue.Run holds one
+// for every attempt.
+var _ queue.SlotStore = (*Store)(nil)
+
+// slotFreeAt is when the first busy slot below the limit frees up. It is
+// read only when AcquireSlot finds none free, so it is expanded then.
+const slotFreeAt = `
+SELECT min(until) FROM {schema}.destination_slot
+WHERE destination = $1 AND slot < $2 AND until > $3`
 
 // maxSlots bounds SlotParams.Max: slot rows are created up to it.
 const maxSlots = 10000
 
-// SlotParams are the arguments of AcquireSlot.
-type SlotParams struct {
-	Destination string    // the destination to connect to, as in queue.Recipient.Destination
-	Owner       string    // the node or worker taking the slot, recorded for operators
-	Max         int       // the cluster-wide limit, 1 to 10000
-	Now         time.Time // the caller's clock: slots leased until Now or earlier are free
-	Until       time.Time // when the lease ends unless renewed; after Now
-}
+// SlotParams are the arguments of AcquireSlot: queue.SlotParams, with Max
+// from 1 to 10000.
+type SlotParams = queue.SlotParams
 
 // Slot is a lease on one of the numbered connection slots of a destination.
-type Slot struct {
-	Destination string
-	Number      int   // 0 to Max-1
-	Token       int64 // fencing token: unique per acquisition
-	Owner       string
-	Until       time.Time
-}
+type Slot = queue.Slot
 
 // AcquireSlot leases one of the Max connection slots of a destination, for
 // a per-destination limit on concurrent connections that holds across the
-// whole cluster. It returns ErrNoSlot when all Max slots are leased until
-// after p.Now; it never waits.
+// whole cluster. When all Max slots are leased until after p.Now it returns
+// a *queue.NoSlotError (errors.Is ErrNoSlot) saying when the first of them
+// ends; it never waits.
 //
 // A scheduler acquires a slot before connecting and releases it when the
 // SMTP session ends. Sessions longer than the lease call RenewSlot; a node
@@ -74,7 +78,7 @@ func (s *Store) AcquireSlot(ctx context.Context, p SlotParams) (*Slot, error) {
 	})
 	err := s.pool.SendBatch(ctx, b).Close()
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, ErrNoSlot
+		return nil, s.noSlot(ctx, p)
 	}
 	if err != nil {
 		return nil, s.fail("acquire slot", err)
@@ -128,4 +132,18 @@ func (s *Store) SlotsInUse(ctx context.Context, destination string, now time.Tim
 		return 0, s.fail("slots in use", err)
 	}
 	return n, nil
+}
+
+// noSlot returns the error of an AcquireSlot that found no free slot, with
+// the time the first busy one frees up when that can be read. A slot locked
+// by a concurrent AcquireSlot that has not committed yet is not counted:
+// its holder wakes the workers when it releases it.
+func (s *Store) noSlot(ctx context.Context, p SlotParams) error {
+	e := &queue.NoSlotError{Destination: p.Destination}
+	var at *time.Time
+	q := expand(slotFreeAt, pgx.Identifier{s.schema}.Sanitize())
+	if err := s.pool.QueryRow(ctx, q, p.Destination, p.Max, p.Now).Scan(&at); err == nil && at != nil {
+		e.FreeAt = *at
+	}
+	return e
 }
