@@ -41,13 +41,14 @@ func (r *runner) unexcluded() bool {
 }
 
 // parked counts the waiting leases held back by their destination's own
-// limits (its attempts in flight, its rate), not by a lack of workers.
+// limits (its attempts in flight, its rate, a wait for one of its
+// cluster-wide connection slots), not by a lack of workers.
 // They do not count against the claim budget, up to a bound (see
 // claimable), so that work for other destinations is still claimed.
 func (r *runner) parked(now time.Time) int {
 	n := 0
 	for _, d := range r.dests {
-		if len(d.queue) > 0 && (d.running >= r.limit(d) || !r.hasToken(d, now)) {
+		if len(d.queue) > 0 && (d.running >= r.limit(d) || !r.hasToken(d, now) || d.slotWait.After(now)) {
 			n += len(d.queue)
 		}
 	}
