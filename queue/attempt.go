@@ -201,7 +201,7 @@ func (q *Queue) plan(msg *Message, rcpts []*Recipient, rep *delivery.Report, sta
 			// stated window, never later than the normal schedule and
 			// never sooner than a minute after the reply.
 			next := reason.Classify(res.Reply).RetryAt(now, normal)
-			if floor := now.Add(minRetryGap); next.Before(floor) {
+			if floor := now.Add(MinRetryDelay); next.Before(floor) {
 				next = floor
 			}
 			u.State, u.NextAttempt = Deferred, next
@@ -310,8 +310,8 @@ func (q *Queue) destinationFailed(ctx context.Context, name string, rep *deliver
 	}
 	// The lifetime plays no part for a destination: measure from now.
 	next, ok := q.cfg.DestinationSchedule.Next(backoff.State{Attempts: n, Arrived: now, LastAttempt: now, Seed: seed(name)})
-	if !ok || next.Before(now.Add(minRetryGap)) {
-		next = now.Add(max(q.cfg.DestinationSchedule.Interval(n), minRetryGap))
+	if !ok || next.Before(now.Add(MinRetryDelay)) {
+		next = now.Add(max(q.cfg.DestinationSchedule.Interval(n), MinRetryDelay))
 	}
 	return &DestinationStatus{
 		Name:                name,

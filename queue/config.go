@@ -143,10 +143,13 @@ const (
 	defaultShutdownTimeout = 30 * time.Second
 	defaultMaxMessageSize  = 64 << 20
 	defaultMaxReturnSize   = 1 << 20
-	// minRetryGap is the shortest wait after a temporary failure, whatever
-	// a server says ("try again in 5 seconds"): never retry at once.
-	minRetryGap = time.Minute
 )
+
+// MinRetryDelay is the shortest wait after a temporary failure, whatever
+// the schedule or a server ("try again in 5 seconds") says: a recipient is
+// never tried again, and a destination judged unavailable never contacted
+// again, sooner than this after the attempt.
+const MinRetryDelay = time.Minute
 
 // withDefaults returns c with zero fields replaced by their defaults, or a
 // *ConfigError.

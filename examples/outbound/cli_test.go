@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/outboundmail/outbound/delivery/deliverytest"
+	"github.com/outboundmail/outbound/queue"
 )
 
 // cli runs commands in-process against one spool, as a shell would run the
@@ -183,6 +184,20 @@ func TestEnvironmentAndFlags(t *testing.T) {
 	c.env["OUTBOUND_MIN_BACKOFF"] = "soon"
 	if code, _, errOut := c.run("outbound", "", "schedule"); code != exitConfig || !strings.Contains(errOut, "OUTBOUND_MIN_BACKOFF") {
 		t.Errorf("bad environment value: exit %d, %q", code, errOut)
+	}
+}
+
+// TestScheduleNotesRetryFloor: a schedule retrying sooner than the queue
+// ever does is shown with the queue's floor, queue.MinRetryDelay.
+func TestScheduleNotesRetryFloor(t *testing.T) {
+	c := newCLI(t)
+	code, _, errOut := c.run("outbound", "", "--min-backoff", "20s", "schedule")
+	want := "the queue waits at least " + queue.MinRetryDelay.String()
+	if code != 0 || !strings.Contains(errOut, want) {
+		t.Errorf("schedule with a 20s first retry: exit %d, stderr %q; want a note %q", code, errOut, want)
+	}
+	if _, _, errOut := c.run("outbound", "", "--min-backoff", "5m", "schedule"); strings.Contains(errOut, "waits at least") {
+		t.Errorf("schedule with a 5m first retry notes the floor: %q", errOut)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/outboundmail/outbound/backoff"
+	"github.com/outboundmail/outbound/queue"
 )
 
 func scheduleFlags(fs *flag.FlagSet) func(ctx context.Context, a *app, args []string) error {
@@ -43,15 +44,11 @@ func (a *app) schedule(full bool) error {
 	for _, w := range s.Warnings() {
 		fmt.Fprintf(a.stderr, "warning: %s\n", w)
 	}
-	if s.Interval(1) < queueMinRetryGap {
-		fmt.Fprintf(a.stderr, "note: the queue waits at least %v after a temporary failure, whatever the schedule says\n", queueMinRetryGap)
+	if s.Interval(1) < queue.MinRetryDelay {
+		fmt.Fprintf(a.stderr, "note: the queue waits at least %v after a temporary failure, whatever the schedule says\n", queue.MinRetryDelay)
 	}
 	return nil
 }
-
-// queueMinRetryGap mirrors package queue's floor on the wait after a
-// temporary failure (unexported there).
-const queueMinRetryGap = time.Minute
 
 func multiplier(s backoff.Schedule) float64 {
 	if s.Multiplier == 0 {
