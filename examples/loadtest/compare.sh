@@ -21,8 +21,9 @@
 # Settings (environment): N, SIZE (payload octets, smtp-source -l), ROUNDS,
 # SESSIONS (smtp-source sessions = outbound producers), WORKERS and CONNS
 # (outbound), PORT (smtp-sink; Postfix listens on PORT+1), PG, STORES
-# ("embedded postgres"), KEEP=1 keeps the work directory, PROFILE=1 writes
-# a CPU profile of each outbound e2e phase there.
+# ("embedded postgres"), KEEP=1 keeps the work directory, PROFILE=1 adds
+# one untimed end-to-end run per store under the CPU profiler, prints its
+# top entries and keeps the work directory (with the .pprof files).
 set -euo pipefail
 
 N=${N:-10000}
@@ -233,10 +234,9 @@ run_postfix_enqueue() {
 
 run_outbound() { # STORE
 	start_sink
-	local prof=() out=$WORK/outbound-$1-$round.txt
-	[ -n "${PROFILE:-}" ] && prof=(-cpuprofile "$WORK/e2e-$1-$round.pprof")
+	local out=$WORK/outbound-$1-$round.txt
 	timeout "$((3 * STEP_TIMEOUT))" "$LT" send -addr "127.0.0.1:$PORT" -store "$1" -pg "$PG" -n "$N" -size "$SIZE" \
-		-producers "$SESSIONS" -workers "$WORKERS" -conns "$CONNS" "${prof[@]}" >"$out"
+		-producers "$SESSIONS" -workers "$WORKERS" -conns "$CONNS" >"$out"
 	stop_sink
 	local enq drain e2e
 	enq=$(grep 'phase=enqueue' "$out")
@@ -268,6 +268,19 @@ for round in $(seq "$ROUNDS"); do
 	run_postfix_enqueue
 done
 LOAD_AFTER=$(cut -d' ' -f1 /proc/loadavg)
+
+if [ -n "${PROFILE:-}" ]; then
+	# One more end-to-end run per store, untimed, under the CPU profiler.
+	PROFILES=()
+	for s in $STORES; do
+		start_sink
+		"$LT" send -addr "127.0.0.1:$PORT" -store "$s" -pg "$PG" -n "$N" -size "$SIZE" -producers "$SESSIONS" \
+			-workers "$WORKERS" -conns "$CONNS" -phases e2e -cpuprofile "$WORK/e2e-$s.pprof" >/dev/null
+		stop_sink
+		PROFILES+=("$s")
+	done
+	KEEP=1
+fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.1f×", a / b }'; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.0f%%", 100 * a / b }'; }
@@ -310,3 +323,10 @@ done
 echo
 echo "Memory: outbound is one process (peak RSS); Postfix is the sum of its processes' PSS at the peak."
 echo "CPU: outbound's process (plus the PostgreSQL server's, for postgres); Postfix's processes; never smtp-source/smtp-sink."
+if [ -n "${PROFILE:-}" ]; then
+	for s in "${PROFILES[@]}"; do
+		echo
+		echo "CPU profile of an end-to-end run, $s store ($WORK/e2e-$s.pprof), by cumulative time:"
+		go tool pprof -top -cum -nodecount=25 "$LT" "$WORK/e2e-$s.pprof" 2>/dev/null | sed -n '/flat%/,$p'
+	done
+fi
