@@ -74,12 +74,13 @@
 //
 // # Wakeups
 //
-// Enqueue, Release, Retry, Finish with notifications and ReleaseSlot send a
-// NOTIFY right after their commit, in a transaction of its own that does not
-// wait for the disk: a NOTIFY inside a transaction serialises the commits of
-// all notifying transactions, which would defeat group commit. EnqueueTx
-// sends it inside the caller's transaction, so that it is delivered only if
-// that commits. [Store.Wakeups] starts a listener on a dedicated connection
+// Enqueue, Release, Retry and Finish with notifications send a NOTIFY right
+// after their commit, in a transaction of its own that does not wait for the
+// disk: a NOTIFY inside a transaction serialises the commits of all
+// notifying transactions, which would defeat group commit. ReleaseSlot's
+// whole transaction does not wait for the disk, so its NOTIFY is inside it.
+// EnqueueTx sends it inside the caller's transaction, so that it is
+// delivered only if that commits. [Store.Wakeups] starts a listener on a dedicated connection
 // that reconnects with backoff and wakes the consumer after every
 // reconnection, since notifications are lost while disconnected (and in a
 // crash between a commit and its NOTIFY). Consumers therefore still poll
