@@ -45,24 +45,36 @@ type attemptResult struct {
 }
 
 // attempt runs one lease to the end: Deliver, then record every outcome
-// with Finish. healthy says that an attempt reached the destination earlier
-// in this run, so its status needs no reset.
+// with Finish. It contacts the destination the recipients go to now
+// (route.go). healthy says that an attempt reached that destination
+// earlier in this run, so its status needs no reset.
 func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) attemptResult {
-	res := attemptResult{dest: l.Destination}
 	msg := l.Message
 	start := q.cfg.Clock.Now()
-	rcpts := leased(l)
-	log := q.log.With(slog.String("id", string(msg.ID)), slog.String("destination", l.Destination))
+	all := leased(l)
+	rt := q.routeOf(l, all)
+	dest, rcpts, moved := rt.dest, rt.now, rt.dest != l.Destination
+	res := attemptResult{dest: dest}
+	log := q.log.With(slog.String("id", string(msg.ID)), slog.String("destination", dest))
 
 	if start.After(q.cfg.Schedule.Expiry(msg.Arrived).Add(expiryGrace)) {
-		return q.expireUnattempted(l, rcpts, start, log)
+		return q.expireUnattempted(l, all, start, log)
 	}
 
-	if until, closed := g.closedUntil(l.Destination, start); closed {
+	if until, closed := g.closedUntil(dest, start); closed {
 		// Judged unavailable while this lease waited: RFC 5321 §4.5.4.1,
 		// wait for the destination's backoff.
-		q.release(l, rcpts, until, log)
+		q.release(l, all, until, log)
 		return res
+	}
+	if moved {
+		// Claim checked the backoff of the stored destination, not of
+		// this one.
+		if st, err := q.cfg.Store.Destination(ctx, dest); err == nil && st.NextAllowed.After(start) {
+			q.release(l, all, st.NextAllowed, log)
+			return res
+		}
+		log.LogAttrs(ctx, slog.LevelDebug, "routed elsewhere since queued", slog.String("queued_for", l.Destination))
 	}
 	body, err := q.cfg.Store.OpenBody(ctx, msg.ID)
 	if err != nil {
@@ -85,7 +97,7 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) at
 		dm.Recipients = append(dm.Recipients, delivery.Recipient{Address: r.Address, Notify: r.Notify, ORCPT: r.ORCPT})
 	}
 	ev := Event{Kind: EventAttemptStarted, Time: start, Message: msg.ID, Arrived: msg.Arrived,
-		Destination: l.Destination, Recipients: len(rcpts)}
+		Destination: dest, Recipients: len(rcpts)}
 	q.cfg.Observer.Observe(ev)
 	ev.Kind = EventAttemptFinished
 	defer func() { q.cfg.Observer.Observe(ev) }() // whatever happens next
@@ -93,7 +105,7 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) at
 	// The attempt must end before the lease does, or another worker could
 	// claim the same recipients while this one still talks to the server.
 	dctx, cancel := context.WithDeadline(ctx, l.Until.Add(-q.cfg.LeaseFor/10))
-	rep, derr := q.cfg.Deliverer.Deliver(dctx, l.Destination, dm)
+	rep, derr := q.cfg.Deliverer.Deliver(dctx, dest, dm)
 	cancel()
 	body.Close()
 	now := q.cfg.Clock.Now()
@@ -108,12 +120,12 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) at
 		}
 		if ctx.Err() != nil {
 			// Shutting down before the attempt began: not an attempt.
-			q.release(l, rcpts, now, log)
+			q.release(l, all, now, log)
 			return res
 		}
 		// No attempt was made, for a local reason: retry on the
 		// schedule, like any temporary failure, never at once.
-		rep = &delivery.Report{Destination: l.Destination}
+		rep = &delivery.Report{Destination: dest}
 		for _, r := range rcpts {
 			rep.Results = append(rep.Results, delivery.Result{Recipient: r.Address, Class: delivery.Temporary, Err: derr})
 		}
@@ -121,16 +133,33 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) at
 
 	plan := q.plan(msg, rcpts, rep, start, now)
 	fp := FinishParams{Lease: l, Now: now, Recipients: plan.updates}
+	if moved {
+		fp.Destination = q.staleStatus(fctx, l)
+	}
 	if rep.DestinationUnavailable {
-		st := q.destinationFailed(fctx, l.Destination, rep, now)
-		g.block(l.Destination, now, st.NextAllowed)
-		fp.Destination = st
+		st := q.destinationFailed(fctx, dest, rep, now)
+		g.block(dest, now, st.NextAllowed)
+		recordStatus(&fp, st)
 		res.unavailable, res.nextAllowed = true, st.NextAllowed
-	} else if res.attempted {
-		g.open(l.Destination)
-		if !healthy {
-			fp.Destination = q.destinationReached(fctx, l.Destination, now)
+		if moved {
+			// Claim waits for the backoff of the stored destination,
+			// not of this one: the recipients wait for it themselves.
+			for i := range plan.updates {
+				if u := &plan.updates[i]; u.State == Deferred && u.NextAttempt.Before(st.NextAllowed) {
+					u.NextAttempt = st.NextAllowed
+				}
+			}
 		}
+	} else if res.attempted {
+		g.open(dest)
+		if !healthy {
+			recordStatus(&fp, q.destinationReached(fctx, dest, now))
+		}
+	}
+	for _, r := range rt.later {
+		// Routed elsewhere than the others: due at once, for an attempt
+		// of their own.
+		fp.Recipients = append(fp.Recipients, RecipientUpdate{Address: r.Address, State: Deferred, NextAttempt: now})
 	}
 	ids := q.notifications(fctx, msg, plan, now, &fp, log)
 
@@ -147,7 +176,7 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) at
 	}
 	res.notified = len(fp.Notifications) > 0
 	for i, u := range plan.updates {
-		q.report(msg, l.Destination, rcpts[i], u, plan.items[i], ids, now, log)
+		q.report(msg, dest, rcpts[i], u, plan.items[i], ids, now, log)
 		res.stats.count(u.State)
 		if u.State == Deferred && (res.dueHint.IsZero() || u.NextAttempt.Before(res.dueHint)) {
 			res.dueHint = u.NextAttempt
@@ -155,6 +184,9 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) at
 	}
 	if res.unavailable && !res.dueHint.IsZero() && res.dueHint.Before(res.nextAllowed) {
 		res.dueHint = res.nextAllowed
+	}
+	if len(rt.later) > 0 || opens(&fp) {
+		res.dueHint = now // more may be due at once
 	}
 	return res
 }

@@ -78,12 +78,14 @@ type destState struct {
 }
 
 // add takes a claimed lease: it waits in its destination's queue until
-// dispatch starts it.
+// dispatch starts it. Its destination is where its recipients go now,
+// normally l.Destination (route.go).
 func (r *runner) add(l *Lease) {
-	d := r.dests[l.Destination]
+	name := r.q.routeOf(l, leased(l)).dest
+	d := r.dests[name]
 	if d == nil {
-		d = &destState{name: l.Destination, tokens: float64(r.q.cfg.MaxConnsPerDestination)}
-		r.dests[l.Destination] = d
+		d = &destState{name: name, tokens: float64(r.q.cfg.MaxConnsPerDestination)}
+		r.dests[name] = d
 	}
 	d.queue = append(d.queue, l)
 	r.waiting++
@@ -100,9 +102,9 @@ func (r *runner) dispatch(now time.Time) {
 				// now, rather than race the end of its lease.
 				d.queue = d.queue[1:]
 				r.waiting--
-				r.spawn(l.Destination, false, func() attemptResult {
+				r.spawn(d.name, false, func() attemptResult {
 					r.q.release(l, leased(l), now, r.q.log)
-					return attemptResult{dest: l.Destination}
+					return attemptResult{}
 				})
 				continue
 			}
@@ -112,13 +114,14 @@ func (r *runner) dispatch(now time.Time) {
 			d.queue = d.queue[1:]
 			r.waiting--
 			d.running++
-			r.spawn(l.Destination, true, r.startAttempt(l, d.reached, r.limit(d)))
+			r.spawn(d.name, true, r.startAttempt(l, d.reached, r.limit(d)))
 		}
 		r.forget(d, now)
 	}
 }
 
-// spawn runs f in a goroutine that reports on r.done. A panic (a broken
+// spawn runs f in a goroutine that reports on r.done, as a result of
+// destination dest (the key of its destState). A panic (a broken
 // Deliverer, a poison message) is logged and reported as a result without
 // an outcome: the lease then ends on its own, so the recipients wait
 // LeaseFor before the next attempt instead of crashing the application.
@@ -137,7 +140,7 @@ func (r *runner) spawn(dest string, slot bool, f func() attemptResult) {
 			r.done <- res
 		}()
 		res = f()
-		res.slot = slot
+		res.dest, res.slot = dest, slot
 	}()
 }
 
@@ -229,9 +232,9 @@ func (r *runner) nextDispatch(now time.Time) time.Time {
 // backoff ends: they were never attempted.
 func (r *runner) releaseWaitingUntil(d *destState, until time.Time) {
 	for _, l := range d.queue {
-		r.spawn(l.Destination, false, func() attemptResult {
+		r.spawn(d.name, false, func() attemptResult {
 			r.q.release(l, leased(l), until, r.q.log)
-			return attemptResult{dest: l.Destination}
+			return attemptResult{}
 		})
 	}
 	r.waiting -= len(d.queue)

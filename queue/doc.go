@@ -42,6 +42,15 @@
 // start up to Config.PollInterval late (never early): Store.NextDue cannot
 // see past the excluded work.
 //
+// A recipient's destination is fixed at Enqueue (Deliverer.Destination),
+// and the store groups and backs off by it. After a routing change (MX
+// delivery to or from a relay, another relay) Run asks the Deliverer again
+// as it takes each lease: the mail goes where it goes now, under that
+// destination's limits and backoff, whose status is recorded under its
+// own name (FinishParams.Destinations); the backoff of the stale key is
+// cleared. A lease whose recipients now go to several destinations is
+// split, one attempt per destination.
+//
 // # How retries work
 //
 // A temporary failure (4xx, a lost connection, anything not clearly

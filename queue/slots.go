@@ -129,9 +129,10 @@ func (q *Queue) slotAttempt(ctx context.Context, ss SlotStore, l *Lease, healthy
 	if now.After(q.cfg.Schedule.Expiry(l.Message.Arrived).Add(expiryGrace)) {
 		return q.attempt(ctx, l, healthy, g) // expired without contacting anyone
 	}
-	log := q.log.With(slog.String("id", string(l.Message.ID)), slog.String("destination", l.Destination))
+	dest := q.routeOf(l, leased(l)).dest // where the recipients go now (route.go)
+	log := q.log.With(slog.String("id", string(l.Message.ID)), slog.String("destination", dest))
 	until := earliest(now.Add(slotTerm), l.Until)
-	slot, err := ss.AcquireSlot(ctx, SlotParams{Destination: l.Destination, Owner: q.cfg.Owner, Max: max, Now: now, Until: until})
+	slot, err := ss.AcquireSlot(ctx, SlotParams{Destination: dest, Owner: q.cfg.Owner, Max: max, Now: now, Until: until})
 	if err != nil {
 		w := &noSlot{lease: l, seq: seq}
 		var ns *NoSlotError
@@ -144,7 +145,7 @@ func (q *Queue) slotAttempt(ctx context.Context, ss SlotStore, l *Lease, healthy
 			w.retry = now.Add(slotRetry)
 		}
 		w.retry = earliest(w.retry, now.Add(q.cfg.PollInterval))
-		return attemptResult{dest: l.Destination, noSlot: w}
+		return attemptResult{dest: dest, noSlot: w}
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -161,12 +162,15 @@ func (q *Queue) slotAttempt(ctx context.Context, ss SlotStore, l *Lease, healthy
 
 	// Another process may have found the destination unavailable, or
 	// claimed its probe, after this lease was claimed: its verdict is in
-	// the store before it gives its slot back (Finish comes first).
-	if st, err := q.cfg.Store.Destination(ctx, l.Destination); err == nil && closedElsewhere(st, l, now) {
-		// Due at once: Claim holds them back until the destination's
-		// NextAllowed, which a successful probe may bring forward.
-		q.release(l, leased(l), now, log)
-		return attemptResult{dest: l.Destination, unavailable: true, nextAllowed: now}
+	// the store before it gives its slot back (Finish comes first). A
+	// lease routed elsewhere since it was queued is checked by attempt.
+	if dest == l.Destination {
+		if st, err := q.cfg.Store.Destination(ctx, dest); err == nil && closedElsewhere(st, l, now) {
+			// Due at once: Claim holds them back until the destination's
+			// NextAllowed, which a successful probe may bring forward.
+			q.release(l, leased(l), now, log)
+			return attemptResult{dest: dest, unavailable: true, nextAllowed: now}
+		}
 	}
 
 	res := q.attempt(ctx, l, healthy, g)
@@ -245,9 +249,9 @@ func (r *runner) slotDone(d *destState, res attemptResult) bool {
 	}
 	if r.slots.stopping {
 		l := w.lease
-		r.spawn(l.Destination, false, func() attemptResult {
+		r.spawn(d.name, false, func() attemptResult {
 			r.q.release(l, leased(l), r.q.cfg.Clock.Now(), r.q.log)
-			return attemptResult{dest: l.Destination}
+			return attemptResult{}
 		})
 		return true
 	}

@@ -50,7 +50,7 @@ type Store interface {
 	Claim(ctx context.Context, p ClaimParams) ([]*Lease, error)
 
 	// Finish records the outcome of a leased attempt and ends the lease, in
-	// one atomic step together with the destination status and any
+	// one atomic step together with the destination statuses and any
 	// notifications (DSNs) to enqueue. It returns ErrLeaseLost if the lease is
 	// no longer current (expired and claimed again, or the message was
 	// changed by an operator): a stale worker never overwrites newer state.
@@ -140,6 +140,12 @@ type FinishParams struct {
 	Recipients []RecipientUpdate
 	// Destination, when not nil, replaces the status of Lease.Destination.
 	Destination *DestinationStatus
+	// Destinations replace the statuses of other destinations, each the
+	// one its Name names. The queue records here what it learnt about the
+	// destination it contacted when the recipients' route changed since
+	// they were queued (their Deliverer.Destination is no longer
+	// Lease.Destination).
+	Destinations []DestinationStatus
 	// Notifications are messages (DSNs) enqueued in the same atomic step.
 	Notifications []EnqueueParams
 }

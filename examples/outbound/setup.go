@@ -192,7 +192,7 @@ func (a *app) openConfig(ctx context.Context, obs queue.Observer) (*session, err
 	}
 	q, err := queue.New(queue.Config{
 		Store:       store,
-		Deliverer:   rerouter{d},
+		Deliverer:   d,
 		Schedule:    sched,
 		Workers:     a.g.Concurrency,
 		LeaseFor:    lease,

@@ -35,6 +35,11 @@ func (s *Store) Finish(ctx context.Context, p queue.FinishParams) error {
 			return err
 		}
 	}
+	for _, st := range p.Destinations {
+		if st.Name == "" {
+			return &InvalidError{Op: "Finish", Reason: "destination status without a name"}
+		}
+	}
 	if err := s.c.failure(); err != nil {
 		return err
 	}
@@ -162,6 +167,11 @@ func (b *btx) applyFinish(p queue.FinishParams, plan *finishPlan, bodies []*body
 	}
 	if p.Destination != nil {
 		if err := b.setStatus(p.Lease.Destination, *p.Destination); err != nil {
+			return err
+		}
+	}
+	for _, st := range p.Destinations {
+		if err := b.setStatus(st.Name, st); err != nil {
 			return err
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -261,15 +262,32 @@ func (s *Store) Finish(ctx context.Context, p queue.FinishParams) error {
 			return fmt.Errorf("postgres: finish: %w", err)
 		}
 	}
-	var dest []any
-	if d := p.Destination; d != nil {
+	// Destination rows in name order, so that two Finishes never lock the
+	// same two rows in opposite orders.
+	var dests [][]any
+	addDest := func(name string, d *queue.DestinationStatus) error {
+		if name == "" {
+			return errors.New("postgres: finish: destination status without a name")
+		}
 		result, err := encodeOutcome(d.LastResult)
 		if err != nil {
 			return fmt.Errorf("postgres: finish: %w", err)
 		}
-		dest = []any{p.Lease.Destination, nullTime(d.NextAllowed), d.ConsecutiveFailures,
-			nullTime(d.FirstFailure), nullTime(d.LastFailure), result}
+		dests = append(dests, []any{name, nullTime(d.NextAllowed), d.ConsecutiveFailures,
+			nullTime(d.FirstFailure), nullTime(d.LastFailure), result})
+		return nil
 	}
+	if d := p.Destination; d != nil {
+		if err := addDest(p.Lease.Destination, d); err != nil {
+			return err
+		}
+	}
+	for i := range p.Destinations {
+		if err := addDest(p.Destinations[i].Name, &p.Destinations[i]); err != nil {
+			return err
+		}
+	}
+	slices.SortStableFunc(dests, func(a, b []any) int { return strings.Compare(a[0].(string), b[0].(string)) })
 	rewind, attempts := rewinder(p.Notifications), 3
 	if rewind == nil {
 		attempts = 1
@@ -280,7 +298,7 @@ func (s *Store) Finish(ctx context.Context, p queue.FinishParams) error {
 				return err
 			}
 		}
-		return s.finish(ctx, tx, p, results, dest)
+		return s.finish(ctx, tx, p, results, dests)
 	})
 	if errors.Is(err, queue.ErrLeaseLost) {
 		return queue.ErrLeaseLost
@@ -296,8 +314,8 @@ func (s *Store) Finish(ctx context.Context, p queue.FinishParams) error {
 
 // finish is one attempt at Finish inside tx, taking locks in the order of
 // doc.go: message, delivery, recipients, then (new rows for notifications
-// and) the destination.
-func (s *Store) finish(ctx context.Context, tx pgx.Tx, p queue.FinishParams, results [][]byte, dest []any) error {
+// and) the destinations, by name.
+func (s *Store) finish(ctx context.Context, tx pgx.Tx, p queue.FinishParams, results [][]byte, dests [][]any) error {
 	l := p.Lease
 	id := string(l.Message.ID)
 	var exists bool
@@ -340,10 +358,10 @@ func (s *Store) finish(ctx context.Context, tx pgx.Tx, p queue.FinishParams, res
 		}
 		b = new(pgx.Batch)
 	}
-	// The destination row last: it is the one other transactions contend
-	// for, so it is held for the shortest time.
-	if dest != nil {
-		b.Queue(s.q.insertDestination, l.Destination)
+	// The destination rows last: they are the ones other transactions
+	// contend for, so they are held for the shortest time.
+	for _, dest := range dests {
+		b.Queue(s.q.insertDestination, dest[0])
 		b.Queue(s.q.updateDestination, dest...)
 	}
 	return tx.SendBatch(ctx, b).Close()

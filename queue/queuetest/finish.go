@@ -19,6 +19,7 @@ func finishTests() []subtest {
 		{"ReclaimedLeaseLost", testFinishReclaimed},
 		{"ExpiredButNotReclaimed", testFinishExpiredNotReclaimed},
 		{"DestinationStatus", testFinishDestinationStatus},
+		{"OtherDestinations", testFinishOtherDestinations},
 		{"Notifications", testFinishNotifications},
 		{"FailingNotificationIsAtomic", testFinishNotificationAtomic},
 	}
@@ -223,6 +224,63 @@ func testFinishDestinationStatus(e *env) {
 	p.Destination = &up
 	e.finish(p)
 	equalDest(e.t, "Destination(one.example) after a second Finish", e.destination("one.example"), &up)
+}
+
+// testFinishOtherDestinations: FinishParams.Destinations replace the
+// statuses of the destinations they name, in the same atomic step as the
+// rest of Finish (a lost lease writes none of them).
+func testFinishOtherDestinations(e *env) {
+	e.add(msg("m01", rcpt("a@one.example", "one.example")))
+	e.add(msg("m02", rcpt("b@one.example", "one.example")))
+	e.add(msg("m03", rcpt("c@relay.example", "relay.example")))
+	e.add(msg("m04", rcpt("d@two.example", "two.example")))
+	ls := e.claim(t0, 10)
+	if len(ls) != 4 {
+		e.t.Fatalf("claimed %s", leaseKeys(ls))
+	}
+	byID := map[queue.ID]*queue.Lease{}
+	for _, l := range ls {
+		byID[l.Message.ID] = l
+	}
+	down := queue.DestinationStatus{
+		Name: "relay.example", NextAllowed: t0.Add(30 * time.Minute), ConsecutiveFailures: 1,
+		FirstFailure: t0, LastFailure: t0, LastResult: outcome(queue.Deferred, t0),
+	}
+	also := queue.DestinationStatus{Name: "two.example", NextAllowed: t0.Add(time.Hour), ConsecutiveFailures: 4,
+		FirstFailure: t0.Add(-time.Hour), LastFailure: t0}
+
+	// A lost lease changes no status.
+	forged := *byID["m01"]
+	forged.Token += 7919
+	p := deferredUpdate(&forged, t0, t0.Add(5*time.Minute))
+	p.Destinations = []queue.DestinationStatus{down}
+	e.wantLost(p, "a token that was never issued")
+	if d := e.destination("relay.example"); d.ConsecutiveFailures != 0 {
+		e.t.Fatalf("a lost Finish wrote a destination status: %+v", *d)
+	}
+
+	p = deferredUpdate(byID["m01"], t0, t0.Add(5*time.Minute))
+	p.Destinations = []queue.DestinationStatus{down, also}
+	e.finish(p)
+	equalDest(e.t, "Destination(relay.example)", e.destination("relay.example"), &down)
+	equalDest(e.t, "Destination(two.example)", e.destination("two.example"), &also)
+	if d := e.destination("one.example"); d.ConsecutiveFailures != 0 || !d.NextAllowed.IsZero() {
+		e.t.Fatalf("Destination(one.example) = %+v, want the lease's own destination untouched", *d)
+	}
+	// Both the lease's own destination and another one in one Finish.
+	own := queue.DestinationStatus{Name: "one.example", NextAllowed: t0.Add(time.Minute), ConsecutiveFailures: 1,
+		FirstFailure: t0, LastFailure: t0}
+	cleared := queue.DestinationStatus{Name: "relay.example"}
+	p = deferredUpdate(byID["m02"], t0, t0.Add(5*time.Minute))
+	p.Destination, p.Destinations = &own, []queue.DestinationStatus{cleared}
+	e.finish(p)
+	equalDest(e.t, "Destination(one.example)", e.destination("one.example"), &own)
+	equalDest(e.t, "Destination(relay.example) cleared", e.destination("relay.example"), &cleared)
+	// The statuses hold back the mail stored under those destinations.
+	e.finishAll(byID["m03"], t0, queue.Deferred, t0.Add(time.Minute))
+	e.finishAll(byID["m04"], t0, queue.Deferred, t0.Add(time.Minute))
+	ls = e.claim(t0.Add(time.Minute), 10)
+	e.wantKeys(ls, "{m03@relay.example[c@relay.example]}")
 }
 
 func testFinishNotifications(e *env) {

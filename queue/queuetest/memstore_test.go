@@ -220,6 +220,9 @@ func (s *memStore) Finish(ctx context.Context, p queue.FinishParams) error {
 		d.Name = p.Lease.Destination
 		s.dests[d.Name] = d
 	}
+	for _, d := range p.Destinations {
+		s.dests[d.Name] = d
+	}
 	for i, n := range p.Notifications {
 		if _, err := s.insert(n.Message, bodies[i]); err != nil {
 			return err // a real store would roll everything back; the suite never gets here
