@@ -55,7 +55,7 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) at
 	rt := q.routeOf(l, all)
 	dest, rcpts, moved := rt.dest, rt.now, rt.dest != l.Destination
 	res := attemptResult{dest: dest}
-	log := q.log.With(slog.String("id", string(msg.ID)), slog.String("destination", dest))
+	log := q.leaseLog(l, dest)
 
 	if start.After(q.cfg.Schedule.Expiry(msg.Arrived).Add(expiryGrace)) {
 		return q.expireUnattempted(l, all, start, log)
@@ -189,6 +189,12 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) at
 		res.dueHint = now // more may be due at once
 	}
 	return res
+}
+
+// leaseLog returns the logger for the work of lease l at destination dest:
+// every record names the message and the destination, once.
+func (q *Queue) leaseLog(l *Lease, dest string) *slog.Logger {
+	return q.log.With(slog.String("id", string(l.Message.ID)), slog.String("destination", dest))
 }
 
 // plan is the decision for every leased recipient after an attempt.

@@ -103,7 +103,7 @@ func (r *runner) dispatch(now time.Time) {
 				d.queue = d.queue[1:]
 				r.waiting--
 				r.spawn(d.name, false, func() attemptResult {
-					r.q.release(l, leased(l), now, r.q.log)
+					r.q.release(l, leased(l), now, r.q.leaseLog(l, d.name))
 					return attemptResult{}
 				})
 				continue
@@ -233,7 +233,7 @@ func (r *runner) nextDispatch(now time.Time) time.Time {
 func (r *runner) releaseWaitingUntil(d *destState, until time.Time) {
 	for _, l := range d.queue {
 		r.spawn(d.name, false, func() attemptResult {
-			r.q.release(l, leased(l), until, r.q.log)
+			r.q.release(l, leased(l), until, r.q.leaseLog(l, d.name))
 			return attemptResult{}
 		})
 	}

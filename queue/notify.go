@@ -208,11 +208,12 @@ func oneLine(s string) string {
 }
 
 // report logs and emits the events for one recipient's recorded outcome.
+// log is the lease's logger (leaseLog): it names the message and the
+// destination already.
 func (q *Queue) report(msg *Message, dest string, r *Recipient, u RecipientUpdate, it dsnItem, dsns map[string]ID, now time.Time, log *slog.Logger) {
 	ev := Event{Time: now, Message: msg.ID, Arrived: msg.Arrived, Destination: dest, Recipient: r.Address,
 		Attempts: r.Attempts, Result: u.Result, NextAttempt: u.NextAttempt, DSN: dsns[r.Address]}
-	attrs := []slog.Attr{slog.String("id", string(msg.ID)), slog.String("to", r.Address),
-		slog.String("destination", dest), slog.Int("attempts", r.Attempts)}
+	attrs := []slog.Attr{slog.String("to", r.Address), slog.Int("attempts", r.Attempts)}
 	if u.Result != nil {
 		attrs = append(attrs, slog.String("reply", replyText(u.Result)))
 	}

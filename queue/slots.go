@@ -130,7 +130,7 @@ func (q *Queue) slotAttempt(ctx context.Context, ss SlotStore, l *Lease, healthy
 		return q.attempt(ctx, l, healthy, g) // expired without contacting anyone
 	}
 	dest := q.routeOf(l, leased(l)).dest // where the recipients go now (route.go)
-	log := q.log.With(slog.String("id", string(l.Message.ID)), slog.String("destination", dest))
+	log := q.leaseLog(l, dest)
 	until := earliest(now.Add(slotTerm), l.Until)
 	slot, err := ss.AcquireSlot(ctx, SlotParams{Destination: dest, Owner: q.cfg.Owner, Max: max, Now: now, Until: until})
 	if err != nil {
@@ -250,7 +250,7 @@ func (r *runner) slotDone(d *destState, res attemptResult) bool {
 	if r.slots.stopping {
 		l := w.lease
 		r.spawn(d.name, false, func() attemptResult {
-			r.q.release(l, leased(l), r.q.cfg.Clock.Now(), r.q.log)
+			r.q.release(l, leased(l), r.q.cfg.Clock.Now(), r.q.leaseLog(l, d.name))
 			return attemptResult{}
 		})
 		return true
