@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -226,5 +227,17 @@ func TestTree(t *testing.T) {
 	positive(t, rs[0], "tree_peak_pss_mb", "tree_procs")
 	if err := runTree(ctx, 1<<30, &out); err == nil {
 		t.Error("runTree of a missing process succeeded")
+	}
+}
+
+// TestSendStopsAtFirstDeferral: a phase whose messages are deferred cannot
+// finish (they wait minutes), so it fails at once with the server's reply.
+func TestSendStopsAtFirstDeferral(t *testing.T) {
+	sink := deliverytest.StartSink(t, "-r", "RCPT", "-b", "451 4.7.1 Try again later")
+	c := &sendConfig{addr: sink.Addr(), store: "embedded", n: 50, size: 100, producers: 2, workers: 2, conns: 1,
+		perConn: 100, phases: "e2e", timeout: time.Minute}
+	err := runSend(t.Context(), c, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "451") {
+		t.Fatalf("runSend = %v, want the 451 deferral", err)
 	}
 }

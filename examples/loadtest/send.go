@@ -363,7 +363,7 @@ func (e *phaseEnv) setDelivery(r *result, took time.Duration) {
 }
 
 // runUntilDone runs the queue, and produce alongside it if not nil, until
-// every message has an outcome; it returns when the last one came. A
+// every message is delivered; it returns when the last one was. The first
 // deferral or bounce fails the phase: its message would wait minutes.
 func (e *phaseEnv) runUntilDone(ctx context.Context, produce func(context.Context) error) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.c.timeout)
@@ -381,6 +381,10 @@ func (e *phaseEnv) runUntilDone(ctx context.Context, produce func(context.Contex
 	}
 	for {
 		select {
+		case <-e.obs.failedc:
+			// A deferral waits minutes (and may put the relay in backoff):
+			// the phase cannot finish, so stop at once.
+			return time.Time{}, fmt.Errorf("a message was not delivered: %s", e.obs.firstFailure())
 		case <-e.obs.done:
 			if f := e.obs.failed.Load(); f > 0 {
 				return time.Time{}, fmt.Errorf("%d messages not delivered, first: %s", f, e.obs.firstFailure())
@@ -407,13 +411,14 @@ type observer struct {
 	lat       latencies
 	once      sync.Once
 	done      chan struct{}
-	doneAt    time.Time // set before done is closed
+	doneAt    time.Time     // set before done is closed
+	failedc   chan struct{} // closed at the first outcome other than delivered
 	mu        sync.Mutex
 	failure   string
 }
 
 func newObserver(n int) *observer {
-	return &observer{n: int64(n), done: make(chan struct{}), lat: latencies{d: make([]time.Duration, 0, n)}}
+	return &observer{n: int64(n), done: make(chan struct{}), failedc: make(chan struct{}), lat: latencies{d: make([]time.Duration, 0, n)}}
 }
 
 // Observe implements queue.Observer.
@@ -430,6 +435,7 @@ func (o *observer) Observe(e queue.Event) {
 		o.mu.Lock()
 		if o.failure == "" {
 			o.failure = fmt.Sprintf("%v %s", e.Kind, describe(e.Result))
+			close(o.failedc)
 		}
 		o.mu.Unlock()
 		total = o.failed.Add(1) + o.delivered.Load()
