@@ -23,7 +23,7 @@ import (
 // Store errors are logged and retried with backoff; Run returns an error
 // only when the store is closed, or when Run is already running.
 func (q *Queue) Run(ctx context.Context) error {
-	_, err := q.run(ctx, false)
+	_, err := q.run(ctx, false, "")
 	return err
 }
 
@@ -34,7 +34,23 @@ func (q *Queue) Run(ctx context.Context) error {
 // retries scheduled for later are not. Cancelling ctx stops it as it stops
 // Run.
 func (q *Queue) RunOnce(ctx context.Context) (Stats, error) {
-	return q.run(ctx, true)
+	return q.run(ctx, true, "")
+}
+
+// Attempt makes the attempts of message id that are due now, as RunOnce
+// would (within the same limits, destination backoff and probes), and
+// returns what happened once they have finished: the immediate attempt of
+// a command-line `send`. No other work is taken, not even the
+// notifications the attempts queue (Run delivers them). A recipient
+// deferred to later, or at a destination in backoff, is left alone. It
+// returns ErrNotFound for an unknown id, and ErrRunning while Run or
+// RunOnce runs (Retry then has the running scheduler attempt it).
+// Cancelling ctx stops it as it stops Run.
+func (q *Queue) Attempt(ctx context.Context, id ID) (Stats, error) {
+	if _, err := q.cfg.Store.Get(ctx, id); err != nil {
+		return Stats{}, err
+	}
+	return q.run(ctx, true, id)
 }
 
 // Waker is implemented by stores shared by several processes (the
@@ -51,6 +67,7 @@ type Waker interface {
 type runner struct {
 	q     *Queue
 	once  bool
+	only  ID // when set, the message Attempt claims alone
 	start time.Time
 
 	dests   map[string]*destState // destinations with attempts running or waiting
@@ -68,7 +85,7 @@ type runner struct {
 	slots      slotState       // cluster-wide connection slots (slots.go)
 }
 
-func (q *Queue) run(ctx context.Context, once bool) (Stats, error) {
+func (q *Queue) run(ctx context.Context, once bool, only ID) (Stats, error) {
 	if !q.running.CompareAndSwap(false, true) {
 		return Stats{}, ErrRunning
 	}
@@ -78,6 +95,7 @@ func (q *Queue) run(ctx context.Context, once bool) (Stats, error) {
 	r := &runner{
 		q:          q,
 		once:       once,
+		only:       only,
 		start:      q.cfg.Clock.Now(),
 		dests:      map[string]*destState{},
 		done:       make(chan attemptResult),
@@ -115,6 +133,7 @@ func (r *runner) loop(ctx context.Context) error {
 				Limit:               free,
 				ExpireArrivedBefore: now.Add(-q.lifetime - expiryGrace),
 				ExcludeDestinations: excluded,
+				Message:             r.only,
 			})
 			switch {
 			case err == nil:

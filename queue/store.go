@@ -46,7 +46,8 @@ type Store interface {
 	// of ExcludeDestinations, so that they can be expired on time while the
 	// destination is down or busy.
 	//
-	// Claim must cost about O(leases returned + destinations), not O(queue).
+	// Claim must cost about O(leases returned + destinations), not O(queue);
+	// restricted to one Message, about O(its recipients).
 	Claim(ctx context.Context, p ClaimParams) ([]*Lease, error)
 
 	// Finish records the outcome of a leased attempt and ends the lease, in
@@ -120,6 +121,10 @@ type ClaimParams struct {
 	// backlog does not fill the claim while mail for other destinations
 	// waits.
 	ExcludeDestinations []string
+	// Message, when not empty, restricts the claim to the recipients of
+	// this message; every other rule applies. Queue.Attempt uses it to
+	// attempt one message at once without taking other work.
+	Message ID
 }
 
 // Lease is the right to attempt delivery of some recipients of one message at

@@ -286,13 +286,31 @@ func TestSendAttemptsOnce(t *testing.T) {
 		t.Fatalf("server received %+v, want the message byte for byte for bob", got)
 	}
 	// The message is gone from the queue; the notification to alice is
-	// either still queued or, when the pass picked it up before stopping,
-	// delivered already: in exactly one of the two places.
+	// queued, for `run`: send attempts its own message only.
 	msgs := c.queue()
-	queued := len(msgs) == 1 && msgs[0].ID != id && msgs[0].Sender == "" && msgs[0].Recipients[0].Address == "alice@example.org"
-	sent := len(msgs) == 0 && len(got) == 2 && got[1].From == "" && strings.Join(got[1].To, ",") == "alice@example.org"
-	if queued == sent {
-		t.Errorf("queue = %+v, server got %d messages; want the notification to alice in one of them", msgs, len(got))
+	if len(msgs) != 1 || msgs[0].ID == id || msgs[0].Sender != "" || msgs[0].Recipients[0].Address != "alice@example.org" || len(got) != 1 {
+		t.Errorf("queue = %+v, server got %d messages; want the notification to alice queued", msgs, len(got))
+	}
+}
+
+// TestSendLeavesOtherMail: the immediate attempt of send is for its own
+// message; mail queued earlier waits for `run`.
+func TestSendLeavesOtherMail(t *testing.T) {
+	srv := deliverytest.NewServer(t, nil)
+	c := newCLI(t)
+	if code, _, errOut := c.run("outbound", tMessage, "send", "--queue-only", "-t"); code != 0 {
+		t.Fatalf("send --queue-only: %s", errOut)
+	}
+	msg := "From: alice@example.org\r\nTo: bob@example.com\r\nSubject: s\r\n\r\nbody\r\n"
+	code, out, errOut := c.run("outbound", msg, "send", "--relay", srv.Addr, "--tls", "disabled", "-f", "alice@example.org", "bob@example.com")
+	if code != 0 || !strings.Contains(errOut, "<bob@example.com> delivered") {
+		t.Fatalf("send: exit %d: %s", code, errOut)
+	}
+	if got := srv.Messages(); len(got) != 1 || !strings.Contains(string(got[0].Data), "Subject: s") {
+		t.Fatalf("server received %d messages, want only the one sent", len(got))
+	}
+	if msgs := c.queue(); len(msgs) != 1 || msgs[0].ID == strings.TrimSpace(out) {
+		t.Fatalf("queue = %+v, want the earlier message still queued", msgs)
 	}
 }
 

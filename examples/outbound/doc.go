@@ -22,7 +22,7 @@
 //
 //	send [-f sender] [-t] [-i|-oi] [--queue-only] [rcpt ...]
 //	    Read a message from stdin, queue it, print its ID, and try it once
-//	    (unless --queue-only). -t adds the To, Cc and Bcc addresses to the
+//	    (unless --queue-only; other queued mail waits for run). -t adds the To, Cc and Bcc addresses to the
 //	    recipients; Bcc fields are always removed. Without -i, a line
 //	    holding a single "." ends the input. Date, Message-ID and From are
 //	    added when missing. Exit status 0 means queued; anything else means

@@ -113,20 +113,11 @@ func (a *app) send(ctx context.Context, o sendOptions, rcpts []string) error {
 		id     queue.ID
 		events []queue.Event
 	)
-	waiting := make(map[string]bool) // destinations of our message not yet attempted
-	attempted := make(chan struct{})
 	obs := queue.ObserverFunc(func(e queue.Event) {
 		mu.Lock()
 		defer mu.Unlock()
-		if id == "" || e.Message != id {
-			return
-		}
-		events = append(events, e)
-		if e.Kind == queue.EventAttemptFinished && waiting[e.Destination] {
-			delete(waiting, e.Destination)
-			if len(waiting) == 0 {
-				close(attempted)
-			}
+		if id != "" && e.Message == id {
+			events = append(events, e)
 		}
 	})
 	body := io.MultiReader(bytes.NewReader(h.bytes()), br)
@@ -153,17 +144,13 @@ func (a *app) send(ctx context.Context, o sendOptions, rcpts []string) error {
 	if o.queueOnly {
 		return nil
 	}
-	m, err := s.store.Get(ctx, qid)
-	if err != nil {
-		return nil // queued; `run` will take it from here
-	}
 	mu.Lock()
 	id = qid
-	for _, r := range m.Recipients {
-		waiting[r.Destination] = true
-	}
 	mu.Unlock()
-	a.attemptNow(ctx, s, attempted)
+	// Only this message is attempted: other due mail is for `run`.
+	if _, err := s.q.Attempt(ctx, qid); err != nil {
+		s.log.Warn("immediate attempt failed; the message stays queued", "error", err)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	for _, e := range events {
@@ -185,27 +172,6 @@ func (a *app) sendRemote(ctx context.Context, r *remote, env queue.Envelope, bod
 	}
 	fmt.Fprintln(a.stdout, id)
 	return nil
-}
-
-// attemptNow runs the queue until every destination of the new message has
-// had its attempt (or nothing is due), then stops it gracefully. Other due
-// messages may be attempted alongside, as in any queue run.
-func (a *app) attemptNow(ctx context.Context, s *session, attempted <-chan struct{}) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if _, err := s.q.RunOnce(ctx); err != nil {
-			s.log.Warn("queue run failed; the message stays queued", "error", err)
-		}
-	}()
-	select {
-	case <-attempted:
-		cancel()
-	case <-done:
-	}
-	<-done
 }
 
 // reportEvent prints what the immediate attempt did for one recipient.

@@ -16,7 +16,8 @@ import (
 // recipients costs nothing, and a queue of a million messages waiting for
 // later costs nothing either. Destinations are merged by their earliest due
 // entry so the oldest work goes first across all of them. An excluded
-// destination costs one map lookup.
+// destination costs one map lookup. Restricted to one message
+// (ClaimParams.Message), it reads that message and its destinations only.
 func (s *Store) Claim(ctx context.Context, p queue.ClaimParams) ([]*queue.Lease, error) {
 	end, err := s.begin()
 	if err != nil {
@@ -125,6 +126,9 @@ func (b *btx) selectDue(p queue.ClaimParams) (picks []pick, repairs, arrRepairs 
 			picks = append(picks, pk)
 		}
 	}
+	if p.Message != "" {
+		return b.selectMessage(p, excluded), nil, nil
+	}
 
 	// Messages past their lifetime go first and ignore destination backoff
 	// and exclusions: they are about to be expired, not delivered.
@@ -196,6 +200,43 @@ func (b *btx) selectDue(p queue.ClaimParams) (picks []pick, repairs, arrRepairs 
 		}
 	}
 	return picks, repairs, arrRepairs
+}
+
+// selectMessage is selectDue restricted to one message: its record alone
+// is read, and the status of each destination it has due recipients at.
+// A corrupt record is left to the index walk, which quarantines it.
+func (b *btx) selectMessage(p queue.ClaimParams, excluded map[string]bool) (picks []pick) {
+	r, err := b.loadMsg(p.Message)
+	if r == nil || err != nil {
+		return nil
+	}
+	now, limit := nanos(p.Now), max(p.Limit, 1)
+	expiring := !p.ExpireArrivedBefore.IsZero() && r.msg.Arrived.Before(p.ExpireArrivedBefore)
+	done := map[string]bool{}
+	for _, rc := range r.msg.Recipients {
+		if len(picks) == limit {
+			break
+		}
+		if !waiting(rc.State) || nanos(rc.NextAttempt) > now || done[rc.Destination] {
+			continue
+		}
+		done[rc.Destination] = true
+		pk := pick{id: p.Message, dest: rc.Destination, expiry: expiring}
+		if !expiring {
+			if excluded[rc.Destination] {
+				continue
+			}
+			if v := b.dest.Get([]byte(rc.Destination)); v != nil {
+				d, err := decodeDest(v) // a corrupt one is healed when written
+				if err == nil && nanos(d.st.NextAllowed) > now {
+					continue
+				}
+				pk.probe = err == nil && d.st.ConsecutiveFailures > 0
+			}
+		}
+		picks = append(picks, pk)
+	}
+	return picks
 }
 
 // dueAt returns the first rdue entry of prefix after the key after (or the

@@ -147,7 +147,13 @@ func (s *Store) lockDue(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, lim
 		excluded = []string{} // NULL would exclude everything
 	}
 	for round := 1; ; round++ {
-		rows, err := tx.Query(ctx, s.q.claimCandidates, p.Now, fetch, nullTime(p.ExpireArrivedBefore), excluded)
+		var rows pgx.Rows
+		var err error
+		if p.Message != "" {
+			rows, err = tx.Query(ctx, s.q.claimMessageCandidates, p.Now, fetch, nullTime(p.ExpireArrivedBefore), excluded, string(p.Message))
+		} else {
+			rows, err = tx.Query(ctx, s.q.claimCandidates, p.Now, fetch, nullTime(p.ExpireArrivedBefore), excluded)
+		}
 		if err != nil {
 			return nil, nil, err
 		}

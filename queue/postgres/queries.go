@@ -302,6 +302,19 @@ GROUP BY message_id, destination
 ORDER BY next_attempt, message_id, destination
 LIMIT $2`
 
+	// claimMessageCandidates is claimCandidates restricted to the pairs of
+	// message $5, read through the delivery primary key.
+	claimMessageCandidates = `
+SELECT dl.message_id, dl.destination, dl.next_attempt,
+       coalesce(d.consecutive_failures, 0) > 0 AND NOT dl.arrived < coalesce($3::timestamptz, '-infinity') AS probe
+FROM {schema}.delivery dl
+LEFT JOIN {schema}.destination d ON d.name = dl.destination
+WHERE dl.message_id = $5 AND dl.next_attempt <= $1
+  AND (dl.arrived < $3::timestamptz
+       OR ((d.next_allowed IS NULL OR d.next_allowed <= $1) AND dl.destination <> ALL ($4::text[])))
+ORDER BY dl.next_attempt, dl.destination
+LIMIT $2`
+
 	// nextDue is the earliest time a pair becomes due at a destination that
 	// may then be contacted, walking destinations like claimCandidates.
 	nextDue = `
@@ -447,6 +460,7 @@ type queries struct {
 	refreshDeliveries        string
 	refreshMessageDeliveries string
 	claimCandidates          string
+	claimMessageCandidates   string
 	nextDue                  string
 	insertDestination        string
 	selectDestination        string
@@ -498,6 +512,7 @@ func newQueries(schema, channel string) queries {
 		refreshDeliveries:        expand(refreshDeliveries, schema),
 		refreshMessageDeliveries: expand(refreshMessageDeliveries, schema),
 		claimCandidates:          expand(claimCandidates, schema),
+		claimMessageCandidates:   expand(claimMessageCandidates, schema),
 		nextDue:                  expand(nextDue, schema),
 		insertDestination:        expand(insertDestination, schema),
 		selectDestination:        expand(selectDestination, schema),

@@ -25,6 +25,8 @@ func claimTests() []subtest {
 		{"ExcludesDestinations", testClaimExcludesDestinations},
 		{"ExcludedProbeNotStarted", testClaimExcludedProbeNotStarted},
 		{"ExcludedStillExpire", testClaimExcludedStillExpire},
+		{"OneMessage", testClaimOneMessage},
+		{"OneMessageProbe", testClaimOneMessageProbe},
 	}
 }
 
@@ -272,3 +274,40 @@ func testClaimExcludedStillExpire(e *env) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func testClaimOneMessage(e *env) {
+	e.setDestination(queue.DestinationStatus{Name: "down.example", NextAllowed: t0.Add(time.Hour)})
+	e.add(msg("m01", at(rcpt("a@one.example", "one.example"), t0.Add(-time.Hour))))
+	e.add(msg("m02",
+		rcpt("b@one.example", "one.example"),
+		rcpt("c@two.example", "two.example"),
+		rcpt("d@down.example", "down.example"),
+		rcpt("e@three.example", "three.example"),
+		at(rcpt("f@four.example", "four.example"), t0.Add(time.Minute)),
+	))
+	only := func(id queue.ID, limit int, excl ...string) []*queue.Lease {
+		return e.claimParams(queue.ClaimParams{Now: t0, Limit: limit, Message: id, ExcludeDestinations: excl})
+	}
+	// Only m02, though m01 is older; not at a destination in backoff,
+	// nor an excluded one, nor a recipient not due yet.
+	e.wantKeys(only("m02", 1, "three.example"), "{m02@one.example[b@one.example]}")
+	e.wantKeys(only("m02", 10, "three.example"), "{m02@two.example[c@two.example]}")
+	e.wantKeys(only("m02", 10), "{m02@three.example[e@three.example]}")
+	e.wantKeys(only("m02", 10), "{}")
+	e.wantKeys(only("m99", 10), "{}") // no such message: nothing, no error
+	// The message's expiry overrides the backoff, as without Message.
+	ls := e.claimParams(queue.ClaimParams{Now: t0, Limit: 10, Message: "m02", ExpireArrivedBefore: t0.Add(time.Second)})
+	e.wantKeys(ls, "{m02@down.example[d@down.example]}")
+	e.wantKeys(e.claim(t0, 10), "{m01@one.example[a@one.example]}")
+}
+
+func testClaimOneMessageProbe(e *env) {
+	e.setDestination(failing("flaky.example"))
+	addMany(e, 2, "flaky.example")
+	now := t0.Add(time.Minute)
+	ls := e.claimParams(queue.ClaimParams{Now: now, Limit: 10, Message: "flak-02"})
+	e.wantKeys(ls, "{flak-02@flaky.example[r2@flaky.example]}")
+	// It is the destination's probe: nobody else contacts it meanwhile.
+	sameTime(e.t, "NextAllowed after the probe", e.destination("flaky.example").NextAllowed, now.Add(leaseFor))
+	e.noClaim(now)
+}

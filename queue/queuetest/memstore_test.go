@@ -106,6 +106,9 @@ func (s *memStore) Claim(ctx context.Context, p queue.ClaimParams) ([]*queue.Lea
 	limit := max(p.Limit, 1)
 	groups := map[[2]string]*group{}
 	for id, mm := range s.msgs {
+		if p.Message != "" && id != p.Message {
+			continue
+		}
 		expiring := !p.ExpireArrivedBefore.IsZero() && mm.m.Arrived.Before(p.ExpireArrivedBefore)
 		for _, r := range mm.m.Recipients {
 			if !waiting(r.State) || r.NextAttempt.After(p.Now) {
