@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -243,11 +244,13 @@ type usage struct {
 	cpu0   time.Duration
 	pgCPU0 time.Duration
 	pg     *pgServer
+	mem0   runtime.MemStats
 }
 
 func startUsage(pg *pgServer) *usage {
 	resetPeakRSS()
 	u := &usage{pg: pg, cpu0: selfCPU()}
+	runtime.ReadMemStats(&u.mem0)
 	if pg != nil {
 		u.pgCPU0 = pg.cpu()
 	}
@@ -259,6 +262,10 @@ func (u *usage) report(r *result) {
 	r.set("cpu_s", fmt.Sprintf("%.2f", (selfCPU()-u.cpu0).Seconds()))
 	m := selfMem()
 	r.set("peak_rss_mb", mb(m.Peak))
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	r.set("alloc_mb", mb(int64(ms.TotalAlloc-u.mem0.TotalAlloc)))
+	r.set("gc", ms.NumGC-u.mem0.NumGC)
 	if u.pg != nil {
 		r.set("pg_cpu_s", fmt.Sprintf("%.2f", (u.pg.cpu()-u.pgCPU0).Seconds()))
 	}
