@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
+
 	"github.com/outboundmail/outbound/backoff"
 	"github.com/outboundmail/outbound/delivery"
 	"github.com/outboundmail/outbound/delivery/deliverytest"
@@ -59,6 +61,7 @@ type workerReport struct {
 	Attempts    int64
 	Delivered   int64
 	Unavailable int64 // attempts after which the destination was put in backoff
+	Failed      int64 // recipients bounced or expired: none are expected
 }
 
 const reportPrefix = "cluster-worker-report "
@@ -128,7 +131,7 @@ func TestClusterWorker(t *testing.T) {
 	defer store.Close()
 	clock := run.clock()
 	rep := workerReport{Owner: run.Owner}
-	var attempts, delivered, unavailable atomic.Int64
+	var attempts, delivered, unavailable, failed atomic.Int64
 	obs := queue.ObserverFunc(func(e queue.Event) {
 		switch {
 		case e.Kind == queue.EventAttemptStarted:
@@ -137,6 +140,8 @@ func TestClusterWorker(t *testing.T) {
 			delivered.Add(1)
 		case e.Kind == queue.EventAttemptFinished && e.DestinationUnavailable:
 			unavailable.Add(1)
+		case e.Kind == queue.EventBounced || e.Kind == queue.EventExpired:
+			failed.Add(1)
 		}
 	})
 	q, err := queue.New(run.config(store, clock, obs))
@@ -168,7 +173,7 @@ func TestClusterWorker(t *testing.T) {
 	if err := q.Run(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rep.Attempts, rep.Delivered, rep.Unavailable = attempts.Load(), delivered.Load(), unavailable.Load()
+	rep.Attempts, rep.Delivered, rep.Unavailable, rep.Failed = attempts.Load(), delivered.Load(), unavailable.Load(), failed.Load()
 	b, _ := json.Marshal(rep)
 	fmt.Printf("%s%s\n", reportPrefix, b)
 }
@@ -183,9 +188,10 @@ type workers struct {
 // filled in), enqueues nothing; they start Run at the returned clock's t0.
 func startWorkers(t *testing.T, ctx context.Context, run clusterRun, n int) (*workers, scaledClock) {
 	t.Helper()
-	// A second of real time for the processes to start and open their
-	// stores, so that they all begin at t0.
-	run.Start = time.Now().Add(time.Second).UnixNano()
+	// Two seconds of real time for the processes to start and open their
+	// stores (slow under -race on a busy machine), so that they all begin
+	// at t0.
+	run.Start = time.Now().Add(2 * time.Second).UnixNano()
 	w := &workers{}
 	for i := range n {
 		run.Owner = fmt.Sprintf("node-%d", i+1)
@@ -237,6 +243,9 @@ func (w *workers) wait(t *testing.T) []workerReport {
 					t.Fatal(err)
 				}
 				reps = append(reps, r)
+				if r.Failed > 0 {
+					t.Errorf("worker %s: %d recipients bounced or expired, want none", r.Owner, r.Failed)
+				}
 			}
 		}
 	}
@@ -246,12 +255,13 @@ func (w *workers) wait(t *testing.T) []workerReport {
 	return reps
 }
 
-// enqueueCluster queues n messages for the run's relay.
+// enqueueCluster queues n messages for the run's relay, arrived and due
+// at t0, when the workers start.
 func enqueueCluster(t *testing.T, run clusterRun, n int) {
 	t.Helper()
 	store := openSchema(t, run.Schema, nil)
 	run.Owner = "enqueuer"
-	q, err := queue.New(run.config(store, backoff.System{}, nil))
+	q, err := queue.New(run.config(store, clockwork.NewFakeClockAt(t0), nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +292,7 @@ func (l *connLog) add() {
 // every connection with a 421 greeting, for runFor of virtual time, and
 // returns the times of the connections it saw and the workers' reports.
 func deferringRun(t *testing.T, procs int, runFor time.Duration) ([]time.Time, []workerReport) {
-	run := clusterRun{Schema: newSchema(t), Speed: 600, RunFor: runFor, Workers: 4, MaxConns: 4}
+	run := clusterRun{Schema: newSchema(t), Speed: 400, RunFor: runFor, Workers: 4, MaxConns: 4}
 	log := &connLog{}
 	srv := deliverytest.NewRawServer(t, func(c *deliverytest.RawConn) {
 		log.add()
@@ -317,8 +327,14 @@ func TestClusterPoliteness_Deferring(t *testing.T) {
 		t.Skip("starts worker processes; skipped with -short")
 	}
 	const (
-		runFor = 26 * time.Minute
-		window = 23 * time.Minute // from the first connection; the expected ones are at 0, 1, 3, 7 and 15 minutes
+		// The expected connections are at 0, 1, 3, 7, 15 and 31 minutes
+		// after the first one, plus processing delays (a millisecond of
+		// real time is 0.4s of virtual time). Counting from the first
+		// connection and stopping halfway between the fifth and the
+		// sixth leaves 8 minutes for those delays to add up; running
+		// 12 minutes longer leaves room for a slow start.
+		runFor = 35 * time.Minute
+		window = 23 * time.Minute
 	)
 	sched := backoff.Schedule{MinBackoff: time.Minute, MaxBackoff: 16 * time.Minute, Jitter: -1}
 	count := func(name string, at []time.Time, reps []workerReport) int {
@@ -409,6 +425,9 @@ func TestClusterPoliteness_ConnLimit(t *testing.T) {
 	byNode := map[string]int{}
 	for _, m := range got {
 		byNode[m.Helo]++
+		if m.From != "app@app.test" {
+			t.Errorf("the server received a message from <%s>, want only the queued ones", m.From)
+		}
 	}
 	t.Logf("3 worker processes, MaxConnsPerDestination 2: %d sessions, at most %d open at once; messages per node %v; reports %+v",
 		sessions.Load(), peak.Load(), byNode, reps)
