@@ -31,8 +31,9 @@
 // When the Store is shared by several processes and implements SlotStore
 // (PostgreSQL), every attempt also holds one of the destination's
 // cluster-wide connection slots, so the per-destination limits, slow start
-// included, hold for the cluster as a whole; an attempt without a free slot
-// waits for one (it is neither an attempt nor a failure).
+// included, hold for the cluster as a whole; work that finds no free slot
+// waits for one in the scheduler, without contacting the destination or
+// counting against it.
 // Work is claimed oldest first across destinations, except that a
 // destination for which Run already holds as many waiting leases as may
 // run there at once is left out of its claims
