@@ -249,6 +249,7 @@ run_outbound() { # STORE
 	record "$1.p99_ms" "$(field p99_ms <<<"$e2e")"
 	record "$1.cpu_s" "$(field cpu_s <<<"$e2e")"
 	record "$1.mem_mb" "$(field peak_rss_mb <<<"$e2e")"
+	record "$1.anon_mb" "$(field peak_anon_mb <<<"$e2e")"
 	local pgcpu
 	pgcpu=$(field pg_cpu_s <<<"$e2e")
 	[ -n "$pgcpu" ] && record "$1.pg_cpu_s" "$pgcpu"
@@ -312,7 +313,9 @@ row "latency enqueue → delivered p99, ms" p99_ms "$(median postfix.p99_ms)"
 line="| CPU per message (end to end), ms |"
 for s in $STORES; do line="$line $(cpu_ms "$(median "$s.cpu_s")" "$(median "$s.pg_cpu_s")") |"; done
 echo "$line $(cpu_ms "$(median postfix-relay.cpu_s)") |"
-row "peak memory (end to end), MB" mem_mb "$(median postfix-relay.mem_mb)"
+line="| peak memory (end to end), MB |"
+for s in $STORES; do line="$line $(median "$s.mem_mb") ($(median "$s.anon_mb") anon) |"; done
+echo "$line $(median postfix-relay.mem_mb) |"
 echo
 echo "Ceiling, smtp-source -d → smtp-sink, no queue: $ceiling msg/s."
 for s in $STORES; do
@@ -321,7 +324,8 @@ for s in $STORES; do
 		"end to end $(pct "$(median "$s.e2e")" "$ceiling") of the ceiling."
 done
 echo
-echo "Memory: outbound is one process (peak RSS); Postfix is the sum of its processes' PSS at the peak."
+echo "Memory: outbound is one process: peak RSS, with in brackets its peak anonymous memory (the rest is the"
+echo "database file mapped by bbolt, reclaimable page cache); Postfix is the sum of its processes' PSS at the peak."
 echo "CPU: outbound's process (plus the PostgreSQL server's, for postgres); Postfix's processes; never smtp-source/smtp-sink."
 if [ -n "${PROFILE:-}" ]; then
 	for s in "${PROFILES[@]}"; do

@@ -240,17 +240,35 @@ func (e *phaseEnv) close() {
 // usage is what a phase consumed: wall time, this process's CPU and peak
 // RSS, and the PostgreSQL server's CPU.
 type usage struct {
-	start  time.Time
-	cpu0   time.Duration
-	pgCPU0 time.Duration
-	pg     *pgServer
-	mem0   runtime.MemStats
+	start    time.Time
+	cpu0     time.Duration
+	pgCPU0   time.Duration
+	pg       *pgServer
+	mem0     runtime.MemStats
+	stop     chan struct{}
+	peakAnon chan int64 // the largest RssAnon seen, once stop is closed
 }
 
 func startUsage(pg *pgServer) *usage {
 	resetPeakRSS()
-	u := &usage{pg: pg, cpu0: selfCPU()}
+	u := &usage{pg: pg, cpu0: selfCPU(), stop: make(chan struct{}), peakAnon: make(chan int64, 1)}
 	runtime.ReadMemStats(&u.mem0)
+	// VmHWM counts the database pages bbolt maps (file-backed, reclaimable)
+	// with the heap; sample RssAnon for the process's own memory.
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		peak := selfMem().Anon
+		for {
+			select {
+			case <-u.stop:
+				u.peakAnon <- max(peak, selfMem().Anon)
+				return
+			case <-t.C:
+				peak = max(peak, selfMem().Anon)
+			}
+		}
+	}()
 	if pg != nil {
 		u.pgCPU0 = pg.cpu()
 	}
@@ -260,8 +278,10 @@ func startUsage(pg *pgServer) *usage {
 
 func (u *usage) report(r *result) {
 	r.set("cpu_s", fmt.Sprintf("%.2f", (selfCPU()-u.cpu0).Seconds()))
+	close(u.stop)
 	m := selfMem()
 	r.set("peak_rss_mb", mb(m.Peak))
+	r.set("peak_anon_mb", mb(<-u.peakAnon))
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	r.set("alloc_mb", mb(int64(ms.TotalAlloc-u.mem0.TotalAlloc)))
