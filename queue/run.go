@@ -187,9 +187,16 @@ func (r *runner) loop(ctx context.Context) error {
 		wakeAt = earliest(wakeAt, r.nextSlotRetry(now))
 		var timer <-chan time.Time
 		if !wakeAt.IsZero() {
-			// Never a zero or negative wait: a store whose NextDue
-			// says "now" while Claim finds nothing must not spin.
-			timer = q.cfg.Clock.After(max(wakeAt.Sub(now), time.Millisecond))
+			// Wake exactly when the next event is due: a recipient due
+			// in 400µs must not start later than its schedule says.
+			// A wake time already past gets a short wait instead: a
+			// store whose NextDue says "now" while Claim finds nothing
+			// must not spin.
+			wait := wakeAt.Sub(now)
+			if wait <= 0 {
+				wait = time.Millisecond
+			}
+			timer = q.cfg.Clock.After(wait)
 		}
 		select {
 		case <-ctx.Done():

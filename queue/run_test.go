@@ -131,6 +131,27 @@ func TestRun_DefersOnSchedule(t *testing.T) {
 	})
 }
 
+// Two retries due 400µs apart: the second starts on time, not when a
+// minimum wait of the scheduler loop ends.
+func TestRun_RetriesCloseTogetherOnTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := setup(t, queue.Config{Schedule: backoff.Schedule{Jitter: -1}})
+		b.net.add("example.com", &simServer{rcpt: always(451, delivery.EnhancedCode{4, 3, 0}, "try later")})
+		stop := running(t, b.q)
+		defer stop()
+		enqueue(t, b.q, "app@app.test", "a@example.com")
+		time.Sleep(400 * time.Microsecond)
+		enqueue(t, b.q, "app@app.test", "b@example.com")
+		time.Sleep(6 * time.Minute)
+		for _, rcpt := range []string{"a@example.com", "b@example.com"} {
+			got := b.net.attempts(rcpt)
+			if len(got) != 2 || got[1].Sub(got[0]) != 5*time.Minute {
+				t.Errorf("%s attempted at %v, want twice, 5m apart", rcpt, got)
+			}
+		}
+	})
+}
+
 func TestRun_BounceQueuesOneDSN(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := setup(t, queue.Config{})
