@@ -278,9 +278,11 @@ func ptr[T any](v T) *T { return &v }
 func testClaimOneMessage(e *env) {
 	e.setDestination(queue.DestinationStatus{Name: "down.example", NextAllowed: t0.Add(time.Hour)})
 	e.add(msg("m01", at(rcpt("a@one.example", "one.example"), t0.Add(-time.Hour))))
+	// b is due before c: Claim orders by NextAttempt only, so with equal
+	// times a Limit of 1 could return either.
 	e.add(msg("m02",
-		rcpt("b@one.example", "one.example"),
-		rcpt("c@two.example", "two.example"),
+		at(rcpt("b@one.example", "one.example"), t0.Add(-2*time.Minute)),
+		at(rcpt("c@two.example", "two.example"), t0.Add(-time.Minute)),
 		rcpt("d@down.example", "down.example"),
 		rcpt("e@three.example", "three.example"),
 		at(rcpt("f@four.example", "four.example"), t0.Add(time.Minute)),
