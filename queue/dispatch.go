@@ -210,10 +210,12 @@ func (r *runner) take(d *destState, now time.Time) bool {
 }
 
 // nextDispatch is when a waiting lease blocked only by the rate limit may
-// start, or zero.
+// start, or zero. While every worker is busy nothing can start before an
+// attempt ends, which wakes the loop anyway: the token times, long past,
+// would only make it spin.
 func (r *runner) nextDispatch(now time.Time) time.Time {
 	rate := r.q.cfg.DestinationRate
-	if rate <= 0 {
+	if rate <= 0 || r.running >= r.capacity(now) {
 		return time.Time{}
 	}
 	var at time.Time

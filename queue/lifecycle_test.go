@@ -257,6 +257,47 @@ func TestRun_DestinationRate(t *testing.T) {
 	})
 }
 
+// With DestinationRate and every worker busy, a lease waiting for a
+// worker wakes the scheduler only when an attempt ends, not every
+// millisecond.
+func TestRun_DestinationRateNoBusyWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		clock := &countingClock{}
+		b := setup(t, queue.Config{Workers: 1, DestinationRate: 1, StartupRamp: -1, Clock: clock})
+		b.net.add("slow.example", &simServer{hang: func(ctx context.Context, _ []string) {
+			select {
+			case <-time.After(time.Minute):
+			case <-ctx.Done():
+			}
+		}})
+		b.net.add("other.example", &simServer{})
+		stop := running(t, b.q)
+		enqueue(t, b.q, "app@app.test", "a@slow.example")
+		time.Sleep(time.Second) // its attempt holds the only worker
+		enqueue(t, b.q, "app@app.test", "b@other.example")
+		time.Sleep(2 * time.Minute)
+		stop()
+		if n := len(b.net.attempts("b@other.example")); n != 1 {
+			t.Fatalf("b@other.example attempted %d times, want once", n)
+		}
+		if n := clock.waits.Load(); n > 20 {
+			t.Fatalf("the scheduler set %d timers while its only worker was busy for a minute", n)
+		}
+	})
+}
+
+// countingClock is the system clock (virtual in a synctest bubble) that
+// counts the timers set.
+type countingClock struct {
+	backoff.System
+	waits atomic.Int64
+}
+
+func (c *countingClock) After(d time.Duration) <-chan time.Time {
+	c.waits.Add(1)
+	return c.System.After(d)
+}
+
 // A message that outlives its lifetime while its destination is in backoff
 // is expired without contacting the destination, with one notification.
 func TestRun_ExpiresWhileDestinationDown(t *testing.T) {

@@ -29,7 +29,7 @@ type bundle struct {
 }
 
 // setup builds a bundle inside a synctest bubble. cfg's Store, Deliverer,
-// Observer and Clock are filled in.
+// Observer and Clock (unless set) are filled in.
 func setup(t *testing.T, cfg queue.Config) *bundle {
 	b := &bundle{t: t, dir: spoolDir(t, true), cfg: cfg}
 	b.net = newSimNet(time.Now)
@@ -47,7 +47,9 @@ func (b *bundle) open() {
 	if b.cfg.Observer == nil {
 		b.cfg.Observer = b.net
 	}
-	b.cfg.Clock = backoff.System{} // virtual time inside the bubble
+	if b.cfg.Clock == nil {
+		b.cfg.Clock = backoff.System{} // virtual time inside the bubble
+	}
 	b.q = newQueue(b.t, b.cfg)
 }
 
