@@ -316,28 +316,39 @@ func deferringRun(t *testing.T, procs int, runFor time.Duration) ([]time.Time, [
 
 // TestClusterPoliteness_Deferring: three worker processes and one process
 // face a destination that answers 421 to every connection, with 30 messages
-// waiting for it. The destination must see no more connections from the
-// three than from the one over the same (virtual) period: a 421 seen by one
-// node defers the destination for all, the probes after each backoff are
-// one for the whole cluster, and slow start (one connection slot for a
-// destination no node has reached) holds across processes.
+// waiting for it. Whichever node connects, each connection after the first
+// must wait the destination's backoff after the previous one: a 421 seen by
+// one node defers the destination for all, the probes after each backoff
+// are one for the whole cluster, and slow start (one connection slot for a
+// destination no node has reached) holds across processes. So the three
+// make no more connections in a window than the schedule allows one sender.
+//
+// The gaps are the property; the counts follow from them. Counts are not
+// compared between the two runs: a run the loaded machine slowed down
+// makes fewer connections in the window, which says nothing about the
+// other one.
 func TestClusterPoliteness_Deferring(t *testing.T) {
 	needDB(t)
 	if testing.Short() {
 		t.Skip("starts worker processes; skipped with -short")
 	}
 	const (
-		// The expected connections are at 0, 1, 3, 7, 15 and 31 minutes
-		// after the first one, plus processing delays (a millisecond of
-		// real time is 0.4s of virtual time). Counting from the first
-		// connection and stopping halfway between the fifth and the
-		// sixth leaves 8 minutes for those delays to add up; running
-		// 12 minutes longer leaves room for a slow start.
+		// The schedule allows connections at 0, 1, 3, 7, 15 and 31
+		// minutes after the first one; processing delays (a millisecond
+		// of real time is 0.4s of virtual time) only make them later.
+		// The window ends halfway between the fifth and the sixth;
+		// running 12 minutes longer leaves room for a slow start.
 		runFor = 35 * time.Minute
 		window = 23 * time.Minute
 	)
 	sched := backoff.Schedule{MinBackoff: time.Minute, MaxBackoff: 16 * time.Minute, Jitter: -1}
-	count := func(name string, at []time.Time, reps []workerReport) int {
+	// allowed is the most connections the schedule permits in a window
+	// that starts with the first one.
+	allowed := 1
+	for next := sched.Interval(1); next < window; next += sched.Interval(allowed) {
+		allowed++
+	}
+	check := func(name string, at []time.Time, reps []workerReport) {
 		t.Helper()
 		if len(at) == 0 {
 			t.Fatalf("%s: the server saw no connection", name)
@@ -357,21 +368,16 @@ func TestClusterPoliteness_Deferring(t *testing.T) {
 				}
 			}
 		}
-		t.Logf("%s: %d connections in the first %v (virtual) after the first one; all at %v; reports %+v", name, n, window, offsets, reps)
-		return n
+		t.Logf("%s: %d connections in the first %v (virtual) after the first one, the schedule allows %d; all at %v; reports %+v",
+			name, n, window, allowed, offsets, reps)
+		if n > allowed {
+			t.Errorf("%s made %d connections to the deferring destination in %v, the schedule allows %d", name, n, window, allowed)
+		}
 	}
 	at1, reps1 := deferringRun(t, 1, runFor)
-	one := count("1 worker process", at1, reps1)
+	check("1 worker process", at1, reps1)
 	at3, reps3 := deferringRun(t, 3, runFor)
-	three := count("3 worker processes", at3, reps3)
-	if three > one {
-		t.Errorf("3 worker processes made %d connections to the deferring destination, 1 made %d", three, one)
-	}
-	if want := 5; one != want {
-		// Not a politeness failure: the machine was too slow for the
-		// compressed schedule, so the comparison above is weaker.
-		t.Logf("1 worker process made %d connections in the window, the schedule allows %d", one, want)
-	}
+	check("3 worker processes", at3, reps3)
 }
 
 // TestClusterPoliteness_ConnLimit: three worker processes deliver to a
