@@ -13,19 +13,20 @@ import (
 	"github.com/outboundmail/outbound/queue/postgres"
 )
 
-// slotSpy is a real PostgreSQL store whose AcquireSlot and Finish calls a
-// test can see, and which can run what another node does just before the
-// next AcquireSlot.
+// slotSpy is a real PostgreSQL store whose AcquireSlot, ReleaseSlot and
+// Finish calls a test can see, and which can run what another node does
+// just before the next AcquireSlot.
 type slotSpy struct {
 	*postgres.Store
 	mu       sync.Mutex
 	before   func() // run once, before the next AcquireSlot
 	acquired chan error
+	released chan error
 	finished chan error
 }
 
 func newSlotSpy(s *postgres.Store) *slotSpy {
-	return &slotSpy{Store: s, acquired: make(chan error, 100), finished: make(chan error, 100)}
+	return &slotSpy{Store: s, acquired: make(chan error, 100), released: make(chan error, 100), finished: make(chan error, 100)}
 }
 
 func (s *slotSpy) AcquireSlot(ctx context.Context, p queue.SlotParams) (*queue.Slot, error) {
@@ -39,6 +40,12 @@ func (s *slotSpy) AcquireSlot(ctx context.Context, p queue.SlotParams) (*queue.S
 	slot, err := s.Store.AcquireSlot(ctx, p)
 	s.acquired <- err
 	return slot, err
+}
+
+func (s *slotSpy) ReleaseSlot(ctx context.Context, slot *queue.Slot, until time.Time) error {
+	err := s.Store.ReleaseSlot(ctx, slot, until)
+	s.released <- err
+	return err
 }
 
 func (s *slotSpy) Finish(ctx context.Context, p queue.FinishParams) error {
@@ -110,6 +117,12 @@ func TestSlots_WaitForAFreeSlot(t *testing.T) {
 	}
 	for range 3 {
 		recv(t, delivered, "delivery after the slot was released")
+	}
+	// An attempt gives its slot back after it recorded the delivery.
+	for range 3 {
+		if err := recv(t, spy.released, "ReleaseSlot after a delivery"); err != nil {
+			t.Errorf("ReleaseSlot: %v", err)
+		}
 	}
 	for i := range 3 {
 		r := rcptName(i, "ok.example")
