@@ -422,7 +422,7 @@ func (e *phaseEnv) runUntilDone(ctx context.Context, produce func(context.Contex
 				return time.Time{}, err
 			}
 		case err := <-runErr:
-			return time.Time{}, fmt.Errorf("Run returned early: %v", err)
+			return time.Time{}, fmt.Errorf("queue.Run returned early: %v", err)
 		case <-ctx.Done():
 			return time.Time{}, fmt.Errorf("%d of %d delivered after %v: %w", e.obs.delivered.Load(), e.c.n, e.c.timeout, ctx.Err())
 		}
