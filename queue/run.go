@@ -98,7 +98,7 @@ func (q *Queue) run(ctx context.Context, once bool, only ID) (Stats, error) {
 		only:       only,
 		start:      q.cfg.Clock.Now(),
 		dests:      map[string]*destState{},
-		done:       make(chan attemptResult),
+		done:       make(chan attemptResult, 2*q.cfg.Workers+1),
 		attemptCtx: actx,
 	}
 	err := r.loop(ctx)
@@ -106,8 +106,18 @@ func (q *Queue) run(ctx context.Context, once bool, only ID) (Stats, error) {
 	return r.stats, err
 }
 
+// claimed is the result of a Claim the loop runs in its own goroutine.
+type claimed struct {
+	leases   []*Lease
+	err      error
+	free     int      // the Limit it asked for
+	excluded []string // the destinations it left out
+}
+
 // loop claims and dispatches until ctx is done (or, once, until nothing is
-// due and nothing runs).
+// due and nothing runs). A Claim waits for a commit of the store; it runs
+// beside the loop, which meanwhile goes on starting waiting leases on the
+// connections that attempts free. At most one Claim runs at a time.
 func (r *runner) loop(ctx context.Context) error {
 	q := r.q
 	mayBeDue := true      // a claim could return work
@@ -118,15 +128,26 @@ func (r *runner) loop(ctx context.Context) error {
 	if w, ok := q.cfg.Store.(Waker); ok {
 		wakeups = w.Wakeups()
 	}
+	claims := make(chan claimed, 1)
+	claiming := false
+	defer func() {
+		if claiming {
+			// Its leases are ours: shutdown gives them back.
+			c := <-claims
+			for _, l := range c.leases {
+				r.add(l)
+			}
+		}
+	}()
 	for ctx.Err() == nil {
 		now := q.cfg.Clock.Now()
 		if !mayBeDue && r.unexcluded() {
 			mayBeDue, r.excluded = true, nil
 		}
 		free := r.claimable(now)
-		if free > 0 && mayBeDue && !now.Before(retryAt) {
+		if !claiming && free > 0 && mayBeDue && !now.Before(retryAt) {
 			excluded := r.exclusions()
-			leases, err := q.cfg.Store.Claim(ctx, ClaimParams{
+			p := ClaimParams{
 				Now:                 now,
 				Owner:               q.cfg.Owner,
 				LeaseFor:            q.cfg.LeaseFor,
@@ -134,44 +155,20 @@ func (r *runner) loop(ctx context.Context) error {
 				ExpireArrivedBefore: now.Add(-q.lifetime - expiryGrace),
 				ExcludeDestinations: excluded,
 				Message:             r.only,
-			})
-			switch {
-			case err == nil:
-				failures = 0
-				mayBeDue = len(leases) == free
-				r.excluded = nil
-				if !mayBeDue {
-					r.excluded = excluded
-				}
-				for _, l := range leases {
-					r.add(l)
-				}
-				r.dispatch(now)
-				if !mayBeDue && !r.once {
-					dueAt = r.nextDue(ctx, now)
-					if len(excluded) > 0 && !dueAt.After(now) {
-						// Likely the excluded backlog: wait for one of
-						// those destinations to take work, or the poll.
-						dueAt = time.Time{}
-					}
-				}
-			case ctx.Err() != nil:
-				continue
-			case errors.Is(err, ErrClosed) || r.once:
-				return err
-			default:
-				failures++
-				wait := min(time.Second<<min(failures, 10), q.cfg.PollInterval)
-				retryAt = now.Add(wait)
-				q.log.LogAttrs(ctx, slog.LevelError, "claim failed", slog.Any("error", err), slog.Duration("retry_in", wait))
 			}
+			// Wakeups from now on may be for work this claim misses.
+			claiming, mayBeDue = true, false
+			go func() {
+				leases, err := q.cfg.Store.Claim(ctx, p)
+				claims <- claimed{leases: leases, err: err, free: free, excluded: excluded}
+			}()
 		}
-		if r.once && !mayBeDue && r.tasks == 0 && r.waiting == 0 {
+		if r.once && !claiming && !mayBeDue && r.tasks == 0 && r.waiting == 0 {
 			return nil
 		}
 
 		wakeAt := r.nextDispatch(now)
-		if r.claimable(now) > 0 {
+		if !claiming && r.claimable(now) > 0 {
 			switch {
 			case now.Before(retryAt):
 				wakeAt = earliest(wakeAt, retryAt)
@@ -200,6 +197,42 @@ func (r *runner) loop(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+		case c := <-claims:
+			claiming = false
+			now := q.cfg.Clock.Now()
+			switch err := c.err; {
+			case err == nil:
+				failures = 0
+				r.excluded = nil
+				if len(c.leases) == c.free {
+					mayBeDue = true // probably more
+				} else {
+					r.excluded = c.excluded
+				}
+				for _, l := range c.leases {
+					r.add(l)
+				}
+				r.dispatch(now)
+				if !mayBeDue && !r.once {
+					dueAt = r.nextDue(ctx, now)
+					if len(c.excluded) > 0 && !dueAt.After(now) {
+						// Likely the excluded backlog: wait for one of
+						// those destinations to take work, or the poll.
+						dueAt = time.Time{}
+					}
+				}
+			case ctx.Err() != nil:
+				continue
+			case errors.Is(err, ErrClosed) || r.once:
+				mayBeDue = true
+				return err
+			default:
+				mayBeDue = true
+				failures++
+				wait := min(time.Second<<min(failures, 10), q.cfg.PollInterval)
+				retryAt = now.Add(wait)
+				q.log.LogAttrs(ctx, slog.LevelError, "claim failed", slog.Any("error", err), slog.Duration("retry_in", wait))
+			}
 		case res := <-r.done:
 			r.finished(res)
 			if res.notified {
