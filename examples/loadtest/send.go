@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strings"
 	"sync"
@@ -39,6 +40,7 @@ type sendConfig struct {
 	perConn    int    // delivery.Deliverer.MaxMessagesPerConn
 	phases     string // comma-separated phases
 	cpuprofile string
+	trace      string
 	timeout    time.Duration
 }
 
@@ -57,6 +59,7 @@ func (c *sendConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.phases, "phases", "enqueue,drain,e2e",
 		"comma-separated `phases`: enqueue (no delivery running), drain (deliver what enqueue queued), e2e (enqueue while Run delivers)")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the phases run to `file` (-phases e2e for the end-to-end run alone)")
+	fs.StringVar(&c.trace, "trace", "", "write an execution trace of the phases run to `file` (go tool trace)")
 	fs.DurationVar(&c.timeout, "timeout", 5*time.Minute, "give up a phase after this long")
 }
 
@@ -114,6 +117,17 @@ func runSend(ctx context.Context, c *sendConfig, out io.Writer) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if c.trace != "" {
+		f, err := os.Create(c.trace)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return err
+		}
+		defer trace.Stop()
 	}
 	body := makeBody(c.size)
 	var enq *phaseEnv // the enqueue phase's queue, which drain delivers
