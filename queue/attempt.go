@@ -42,13 +42,20 @@ type attemptResult struct {
 	// noSlot is set when the store's connection slots were all taken, so
 	// no attempt was made (slots.go).
 	noSlot *noSlot
+	// destFreed is set when the attempt gave its destination's connection
+	// back before recording its outcome (spawn): alone on the early report,
+	// with slot on the final one.
+	destFreed bool
 }
 
 // attempt runs one lease to the end: Deliver, then record every outcome
 // with Finish. It contacts the destination the recipients go to now
 // (route.go). healthy says that an attempt reached that destination
-// earlier in this run, so its status needs no reset.
-func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) attemptResult {
+// earlier in this run, so its status needs no reset. reached is called
+// between the two when Deliver reached the destination and did not find
+// it unavailable: its connection is back in the Deliverer's pool for the
+// next attempt, which need not wait for this one's commit.
+func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate, reached func()) attemptResult {
 	msg := l.Message
 	start := q.cfg.Clock.Now()
 	all := leased(l)
@@ -110,6 +117,10 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate) at
 	body.Close()
 	now := q.cfg.Clock.Now()
 	res.attempted = rep != nil
+	if rep != nil && !rep.DestinationUnavailable {
+		g.open(dest)
+		reached()
+	}
 	ev.Time, ev.Duration = now, now.Sub(start)
 
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)

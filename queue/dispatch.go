@@ -102,7 +102,7 @@ func (r *runner) dispatch(now time.Time) {
 				// now, rather than race the end of its lease.
 				d.queue = d.queue[1:]
 				r.waiting--
-				r.spawn(d.name, false, func() attemptResult {
+				r.spawn(d.name, false, func(func()) attemptResult {
 					r.q.release(l, leased(l), now, r.q.leaseLog(l, d.name))
 					return attemptResult{}
 				})
@@ -125,27 +125,51 @@ func (r *runner) dispatch(now time.Time) {
 // Deliverer, a poison message) is logged and reported as a result without
 // an outcome: the lease then ends on its own, so the recipients wait
 // LeaseFor before the next attempt instead of crashing the application.
-func (r *runner) spawn(dest string, slot bool, f func() attemptResult) {
+//
+// An attempt (slot set) holds one of the Workers and one of its
+// destination's connections. It may call the function f is given once it
+// is done with the destination and only records the outcome: the
+// destination's connection then takes the next lease at once, while the
+// worker stays taken until the outcome is recorded, so that no more than
+// Workers attempts are ever unrecorded (a crash repeats at most those).
+func (r *runner) spawn(dest string, slot bool, f func(freeDest func()) attemptResult) {
 	r.tasks++
 	if slot {
 		r.running++
 	}
 	go func() {
+		destHeld := slot
+		freeDest := func() {
+			if destHeld {
+				destHeld = false
+				r.done <- attemptResult{dest: dest, destFreed: true, attempted: true}
+			}
+		}
 		res := attemptResult{dest: dest, slot: slot}
 		defer func() {
 			if p := recover(); p != nil {
 				r.q.log.LogAttrs(context.Background(), slog.LevelError, "attempt panicked; its recipients wait for the lease to end",
 					slog.String("destination", dest), slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
 			}
+			res.dest, res.slot, res.destFreed = dest, slot, slot && !destHeld
 			r.done <- res
 		}()
-		res = f()
-		res.dest, res.slot = dest, slot
+		res = f(freeDest)
 	}()
 }
 
 // finished accounts for a goroutine's result.
 func (r *runner) finished(res attemptResult) {
+	if res.destFreed && !res.slot {
+		// An attempt in flight is done with its destination (spawn).
+		if d := r.dests[res.dest]; d != nil {
+			d.running--
+			d.reached = true
+			d.slotWait = time.Time{} // one of ours is free: try again at once
+		}
+		r.dispatch(r.q.cfg.Clock.Now())
+		return
+	}
 	r.tasks--
 	r.stats.add(res.stats)
 	if res.slot {
@@ -156,7 +180,7 @@ func (r *runner) finished(res attemptResult) {
 		r.dispatch(r.q.cfg.Clock.Now())
 		return
 	}
-	if res.slot {
+	if res.slot && !res.destFreed {
 		d.running--
 	}
 	if r.slotDone(d, res) {
@@ -234,7 +258,7 @@ func (r *runner) nextDispatch(now time.Time) time.Time {
 // backoff ends: they were never attempted.
 func (r *runner) releaseWaitingUntil(d *destState, until time.Time) {
 	for _, l := range d.queue {
-		r.spawn(d.name, false, func() attemptResult {
+		r.spawn(d.name, false, func(func()) attemptResult {
 			r.q.release(l, leased(l), until, r.q.leaseLog(l, d.name))
 			return attemptResult{}
 		})

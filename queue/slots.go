@@ -112,22 +112,26 @@ type slotState struct {
 // max is the destination's current limit (1 during slow start), so that
 // a destination no process has reached yet sees one connection from the
 // whole cluster.
-func (r *runner) startAttempt(l *Lease, healthy bool, max int) func() attemptResult {
+func (r *runner) startAttempt(l *Lease, healthy bool, max int) func(freeDest func()) attemptResult {
 	ss, ok := r.q.cfg.Store.(SlotStore)
 	if !ok {
-		return func() attemptResult { return r.q.attempt(r.attemptCtx, l, healthy, &r.gate) }
+		return func(freeDest func()) attemptResult {
+			return r.q.attempt(r.attemptCtx, l, healthy, &r.gate, freeDest)
+		}
 	}
 	seq := r.slots.wakeups
-	return func() attemptResult { return r.q.slotAttempt(r.attemptCtx, ss, l, healthy, max, seq, &r.gate) }
+	return func(freeDest func()) attemptResult {
+		return r.q.slotAttempt(r.attemptCtx, ss, l, healthy, max, seq, &r.gate, freeDest)
+	}
 }
 
 // slotAttempt holds a connection slot of l's destination for the length of
 // the attempt. Without a free slot nothing happens: the lease waits in the
 // scheduler, it is not an attempt and says nothing about the destination.
-func (q *Queue) slotAttempt(ctx context.Context, ss SlotStore, l *Lease, healthy bool, max int, seq uint64, g *gate) attemptResult {
+func (q *Queue) slotAttempt(ctx context.Context, ss SlotStore, l *Lease, healthy bool, max int, seq uint64, g *gate, freeDest func()) attemptResult {
 	now := q.cfg.Clock.Now()
 	if now.After(q.cfg.Schedule.Expiry(l.Message.Arrived).Add(expiryGrace)) {
-		return q.attempt(ctx, l, healthy, g) // expired without contacting anyone
+		return q.attempt(ctx, l, healthy, g, freeDest) // expired without contacting anyone
 	}
 	dest := q.routeOf(l, leased(l)).dest // where the recipients go now (route.go)
 	log := q.leaseLog(l, dest)
@@ -153,12 +157,17 @@ func (q *Queue) slotAttempt(ctx context.Context, ss SlotStore, l *Lease, healthy
 		wg.Go(func() { q.renewSlot(ctx, ss, slot, l.Until, stop, log) })
 	}
 	var busyUntil time.Time // zero: the slot is free when released
-	defer func() {
-		// Deferred, so that a panicking Deliverer does not keep the slot.
-		close(stop)
-		wg.Wait()
-		q.releaseSlot(ss, slot, busyUntil, log)
-	}()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(stop)
+			wg.Wait()
+			q.releaseSlot(ss, slot, busyUntil, log)
+		}
+	}
+	// Deferred, so that a panicking Deliverer does not keep the slot.
+	defer release()
 
 	// Another process may have found the destination unavailable, or
 	// claimed its probe, after this lease was claimed: its verdict is in
@@ -173,11 +182,22 @@ func (q *Queue) slotAttempt(ctx context.Context, ss SlotStore, l *Lease, healthy
 		}
 	}
 
-	res := q.attempt(ctx, l, healthy, g)
-	if rate := q.cfg.DestinationRate; rate > 0 && res.attempted {
-		// Max slots, each busy for Max/rate after it was taken, allow
-		// rate attempts per second in bursts of Max, cluster-wide.
-		busyUntil = now.Add(time.Duration(float64(q.cfg.MaxConnsPerDestination) / rate * float64(time.Second)))
+	rateBusy := func() {
+		if rate := q.cfg.DestinationRate; rate > 0 {
+			// Max slots, each busy for Max/rate after it was taken, allow
+			// rate attempts per second in bursts of Max, cluster-wide.
+			busyUntil = now.Add(time.Duration(float64(q.cfg.MaxConnsPerDestination) / rate * float64(time.Second)))
+		}
+	}
+	res := q.attempt(ctx, l, healthy, g, func() {
+		// Done with the destination, which was reachable: its slot is
+		// free before the outcome is recorded, like the runner's own.
+		rateBusy()
+		release()
+		freeDest()
+	})
+	if res.attempted && !released {
+		rateBusy()
 	}
 	return res
 }
@@ -249,7 +269,7 @@ func (r *runner) slotDone(d *destState, res attemptResult) bool {
 	}
 	if r.slots.stopping {
 		l := w.lease
-		r.spawn(d.name, false, func() attemptResult {
+		r.spawn(d.name, false, func(func()) attemptResult {
 			r.q.release(l, leased(l), r.q.cfg.Clock.Now(), r.q.leaseLog(l, d.name))
 			return attemptResult{}
 		})

@@ -24,10 +24,12 @@ const (
 	killMessages    = 2000
 	killTimes       = 20
 	killConcurrency = 8
-	// killInFlight bounds the attempts one process has in flight: every
-	// message goes to one destination, and the queue runs at most
-	// MaxConnsPerDestination (default 4) attempts at once there.
-	killInFlight = 4
+	// killInFlight bounds the messages a kill can leave delivered but not
+	// recorded: the queue runs at most MaxConnsPerDestination (default 4)
+	// attempts at once at the one destination, and an attempt that is
+	// done with it keeps its worker until its outcome is recorded, so
+	// those unrecorded attempts are at most Workers (--concurrency).
+	killInFlight = killConcurrency
 )
 
 // testKill delivers 2,000 messages with `outbound run` to smtp-sink and
