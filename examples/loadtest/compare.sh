@@ -20,7 +20,8 @@
 #
 # Settings (environment): N, SIZE (payload octets, smtp-source -l), ROUNDS,
 # SESSIONS (smtp-source sessions = outbound producers), WORKERS and CONNS
-# (outbound), PORT (smtp-sink; Postfix listens on PORT+1), PG, STORES
+# (outbound; CONNS defaults to 20, Postfix's default_destination_concurrency_limit,
+# so both send over as many connections to the sink), PORT (smtp-sink; Postfix listens on PORT+1), PG, STORES
 # ("embedded postgres"), KEEP=1 keeps the work directory, PROFILE=1 adds
 # one untimed end-to-end run per store under the CPU profiler, prints its
 # top entries and keeps the work directory (with the .pprof files).
@@ -30,8 +31,8 @@ N=${N:-10000}
 SIZE=${SIZE:-2048}
 ROUNDS=${ROUNDS:-3}
 SESSIONS=${SESSIONS:-16}
-WORKERS=${WORKERS:-32}
-CONNS=${CONNS:-16}
+WORKERS=${WORKERS:-40}
+CONNS=${CONNS:-20}
 PORT=${PORT:-26500}
 PFX_PORT=$((PORT + 1))
 PG=${PG:-postgres://postgres@127.0.0.1:5432/test?pool_max_conns=16&sslmode=disable}

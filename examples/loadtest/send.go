@@ -53,8 +53,8 @@ func (c *sendConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.n, "n", 10000, "`messages` per phase")
 	fs.IntVar(&c.size, "size", 2048, "payload `octets` per message, after a header of about 200 octets (as smtp-source -l)")
 	fs.IntVar(&c.producers, "producers", 16, "concurrent goroutines calling Enqueue")
-	fs.IntVar(&c.workers, "workers", 32, "queue Config.Workers (attempts in flight)")
-	fs.IntVar(&c.conns, "conns", 16, "connections to the relay: Config.MaxConnsPerDestination and the Deliverer's limits")
+	fs.IntVar(&c.workers, "workers", 40, "queue Config.Workers (attempts in flight)")
+	fs.IntVar(&c.conns, "conns", 20, "connections to the relay: Config.MaxConnsPerDestination and the Deliverer's limits (20: Postfix's default_destination_concurrency_limit)")
 	fs.IntVar(&c.perConn, "per-conn", 1000, "Deliverer.MaxMessagesPerConn (transactions per connection)")
 	fs.StringVar(&c.phases, "phases", "enqueue,drain,e2e",
 		"comma-separated `phases`: enqueue (no delivery running), drain (deliver what enqueue queued), e2e (enqueue while Run delivers)")
