@@ -11,7 +11,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/outboundmail/outbound/delivery"
@@ -119,7 +122,7 @@ func (q *Queue) Enqueue(ctx context.Context, env Envelope, body io.Reader) (ID, 
 		return "", err
 	}
 	defer spooled.Close()
-	id, err := q.cfg.Store.Enqueue(ctx, EnqueueParams{Message: m, Body: spooled})
+	id, err := q.cfg.Store.Enqueue(ctx, EnqueueParams{Message: m, Body: spooled.r})
 	if err != nil {
 		return "", fmt.Errorf("queue: enqueue: %w", err)
 	}
@@ -162,17 +165,17 @@ func (q *Queue) newMessage(env Envelope, now time.Time) (*Message, error) {
 		RequireTLS:     env.RequireTLS,
 	}
 	seen := make(map[string]bool, len(all))
+	m.Recipients = make([]Recipient, 0, len(all))
 	for i, r := range all {
-		field := fmt.Sprintf("To[%d]", i)
 		if err := rfc5321.CheckMailbox(r.Address); err != nil {
-			return nil, &InvalidMessageError{Field: field, Reason: "invalid recipient", Err: err}
+			return nil, &InvalidMessageError{Field: recipientField(i), Reason: "invalid recipient", Err: err}
 		}
 		notify, err := checkNotify(r.Notify)
 		if err != nil {
-			return nil, &InvalidMessageError{Field: field + ".Notify", Reason: err.Error()}
+			return nil, &InvalidMessageError{Field: recipientField(i) + ".Notify", Reason: err.Error()}
 		}
 		if reason := checkORCPT(r.ORCPT); reason != "" {
-			return nil, &InvalidMessageError{Field: field + ".ORCPT", Reason: reason}
+			return nil, &InvalidMessageError{Field: recipientField(i) + ".ORCPT", Reason: reason}
 		}
 		key := mailboxKey(r.Address)
 		if seen[key] {
@@ -181,7 +184,7 @@ func (q *Queue) newMessage(env Envelope, now time.Time) (*Message, error) {
 		seen[key] = true
 		dest := q.cfg.Deliverer.Destination(r.Address)
 		if dest == "" {
-			return nil, &InvalidMessageError{Field: field, Reason: "the deliverer has no destination for " + r.Address}
+			return nil, &InvalidMessageError{Field: recipientField(i), Reason: "the deliverer has no destination for " + r.Address}
 		}
 		m.Recipients = append(m.Recipients, Recipient{
 			Address:     r.Address,
@@ -195,6 +198,10 @@ func (q *Queue) newMessage(env Envelope, now time.Time) (*Message, error) {
 	return m, nil
 }
 
+// recipientField names recipient i in an *InvalidMessageError; built only
+// for errors, as it allocates.
+func recipientField(i int) string { return "To[" + strconv.Itoa(i) + "]" }
+
 // mailboxKey identifies a mailbox for duplicate removal: the local part is
 // case-sensitive (RFC 5321 §2.4), the domain is not.
 func mailboxKey(addr string) string {
@@ -202,7 +209,10 @@ func mailboxKey(addr string) string {
 	if at < 0 {
 		return addr
 	}
-	return addr[:at] + "@" + strings.ToLower(addr[at+1:])
+	if d := addr[at+1:]; strings.ToLower(d) != d {
+		return addr[:at] + "@" + strings.ToLower(d)
+	}
+	return addr
 }
 
 // checkNotify validates an RFC 3461 §4.1 NOTIFY list and returns it in
@@ -271,7 +281,8 @@ const memSpool = 256 << 10
 
 // spooled is a checked, canonical body ready for the store.
 type spooled struct {
-	io.Reader
+	r    io.Reader // &mem, or file
+	mem  bytes.Reader
 	size int64
 	file *os.File // nil when in memory
 }
@@ -285,21 +296,32 @@ func (s *spooled) Close() error {
 	return os.Remove(s.file.Name())
 }
 
+// checkers reuses the canonicaliser and its input buffer (allocated only
+// for input that is not already canonical) from one Enqueue to the next.
+var checkers = sync.Pool{New: func() any { return new(bodyReader) }}
+
 // spool reads and checks the whole body before the store sees any of it, so
 // that every refusal comes before anything is written and the message's
 // EightBit is known when the store records it.
 func (q *Queue) spool(body io.Reader, m *Message) (*spooled, error) {
-	br := &bodyReader{r: rfc5321.NewReader(body), max: q.cfg.MaxMessageSize, atLineStart: true}
-	var mem bytes.Buffer
-	n, err := io.Copy(&mem, io.LimitReader(br, memSpool+1))
-	if err == nil && n <= memSpool {
+	br := checkers.Get().(*bodyReader)
+	br.reset(body, q.cfg.MaxMessageSize)
+	defer func() {
+		br.reset(nil, 0) // keep no reference to the caller's reader
+		checkers.Put(br)
+	}()
+	mem, err := readUpTo(br, make([]byte, 0, spoolSize(body)), memSpool+1)
+	if err == nil && len(mem) <= memSpool {
 		m.EightBit = br.r.EightBit()
-		return &spooled{Reader: bytes.NewReader(mem.Bytes()), size: n}, nil
+		s := &spooled{size: int64(len(mem))}
+		s.mem.Reset(mem)
+		s.r = &s.mem
+		return s, nil
 	}
 	var f *os.File
 	if err == nil {
 		if f, err = os.CreateTemp("", "outbound-enqueue-*"); err == nil {
-			if _, err = f.Write(mem.Bytes()); err == nil {
+			if _, err = f.Write(mem); err == nil {
 				_, err = io.Copy(f, br)
 			}
 			if err == nil {
@@ -307,7 +329,7 @@ func (q *Queue) spool(body io.Reader, m *Message) (*spooled, error) {
 			}
 		}
 	}
-	s := &spooled{Reader: f, size: br.r.Size(), file: f}
+	s := &spooled{r: f, size: br.r.Size(), file: f}
 	if err != nil {
 		if f != nil {
 			s.Close()
@@ -321,11 +343,47 @@ func (q *Queue) spool(body io.Reader, m *Message) (*spooled, error) {
 	return s, nil
 }
 
+// spoolSize returns the capacity to read a canonical body into. A reader
+// that knows what is left (*bytes.Reader, *bytes.Buffer, *strings.Reader)
+// gets that, plus room for what canonicalisation may add (a CR before each
+// bare LF, a final CR LF) and the octet that detects the end; readUpTo
+// grows a buffer that proves too small.
+func spoolSize(body io.Reader) int {
+	n := 512
+	if l, ok := body.(interface{ Len() int }); ok && l.Len() >= 0 {
+		n = l.Len() + l.Len()/64 + 3
+	}
+	return min(n, memSpool+1)
+}
+
+// readUpTo appends from r to buf until buf holds n octets or r ends. A full
+// buffer doubles, or grows to n if that is less than doubling again.
+func readUpTo(r io.Reader, buf []byte, n int) ([]byte, error) {
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			grow := max(cap(buf), 512)
+			if rest := n - len(buf); rest <= 2*grow {
+				grow = rest
+			}
+			buf = slices.Grow(buf, grow)
+		}
+		k, err := r.Read(buf[len(buf):min(cap(buf), n)])
+		buf = buf[:len(buf)+k]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
+}
+
 // bodyReader canonicalises the body and checks it on the way: data errors,
 // size and Received: count become an *InvalidMessageError (also kept in
 // err).
 type bodyReader struct {
-	r   *rfc5321.Reader
+	r   rfc5321.Reader
 	max int64
 	err *InvalidMessageError
 
@@ -337,6 +395,12 @@ type bodyReader struct {
 }
 
 const receivedPrefix = "received:"
+
+// reset makes b check body, keeping the canonicaliser's buffer.
+func (b *bodyReader) reset(body io.Reader, max int64) {
+	*b = bodyReader{r: b.r, max: max, atLineStart: true}
+	b.r.Reset(body)
+}
 
 // Read implements io.Reader.
 func (b *bodyReader) Read(p []byte) (int, error) {
@@ -353,9 +417,11 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	if b.max > 0 && b.r.Size() > b.max {
 		return b.fail(&InvalidMessageError{Field: "Body", Reason: fmt.Sprintf("over %d octets", b.max), Err: ErrMessageTooLarge})
 	}
-	var de *rfc5321.DataError
-	if errors.As(err, &de) {
-		return b.fail(&InvalidMessageError{Field: "Body", Reason: "not valid message data", Err: de})
+	if err != nil && err != io.EOF {
+		var de *rfc5321.DataError
+		if errors.As(err, &de) {
+			return b.fail(&InvalidMessageError{Field: "Body", Reason: "not valid message data", Err: de})
+		}
 	}
 	return n, err
 }
@@ -409,5 +475,7 @@ func newID(now time.Time) ID {
 	var b [15]byte
 	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixMilli())<<16)
 	_, _ = rand.Read(b[6:]) // crypto/rand.Read never fails (Go 1.24)
-	return ID(idEncoding.EncodeToString(b[:]))
+	var s [24]byte
+	idEncoding.Encode(s[:], b[:])
+	return ID(s[:])
 }

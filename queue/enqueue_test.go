@@ -245,3 +245,92 @@ func FuzzEnqueue(f *testing.F) {
 		}
 	})
 }
+
+// lenReader reports a Len that has nothing to do with what it holds, as a
+// careless wrapper might: Enqueue may size buffers from Len, never trust it.
+type lenReader struct {
+	io.Reader
+	n int
+}
+
+func (r lenReader) Len() int { return r.n }
+
+// TestEnqueue_ReaderKindsStoreTheSameBody enqueues bodies around the
+// in-memory spool limit (256 KiB), canonical or with bare LFs and no final
+// line ending (which canonicalisation makes longer), through readers that
+// tell their length, that lie about it and that tell nothing. Each stores
+// exactly what rfc5321.Reader makes of the input.
+func TestEnqueue_ReaderKindsStoreTheSameBody(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	q, s := newEnqueueQueue(t)
+	env := queue.Envelope{From: "a@b.example", To: []string{"x@y.example"}}
+	const spool = 256 << 10
+	readers := map[string]func([]byte) io.Reader{
+		"bytes.Reader":   func(b []byte) io.Reader { return bytes.NewReader(b) },
+		"bytes.Buffer":   func(b []byte) io.Reader { return bytes.NewBuffer(b) },
+		"strings.Reader": func(b []byte) io.Reader { return strings.NewReader(string(b)) },
+		"one octet":      func(b []byte) io.Reader { return iotest.OneByteReader(bytes.NewReader(b)) },
+		"Len too small":  func(b []byte) io.Reader { return lenReader{bytes.NewReader(b), 1} },
+		"Len too large":  func(b []byte) io.Reader { return lenReader{bytes.NewReader(b), 10 * len(b)} },
+		"Len negative":   func(b []byte) io.Reader { return lenReader{bytes.NewReader(b), -1} },
+	}
+	for _, size := range []int{0, 1, 2 << 10, spool - 1, spool, spool + 1} {
+		for _, lf := range []bool{false, true} {
+			var body []byte
+			if lf { // bare LFs and an unterminated last line
+				body = bytes.Repeat([]byte("0123456789\n"), size/11+1)[:size]
+			} else {
+				body = bytes.Repeat([]byte("01234567\r\n"), size/10+1)[:size]
+				if size >= 2 {
+					body = append(body[:size-2:size-2], '\r', '\n')
+				}
+			}
+			want, err := io.ReadAll(rfc5321.NewReader(bytes.NewReader(body)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name, newReader := range readers {
+				id, err := q.Enqueue(context.Background(), env, newReader(body))
+				if err != nil {
+					t.Fatalf("size %d, bare LF %t, %s: %v", size, lf, name, err)
+				}
+				if got := readBody(t, s, id); !bytes.Equal(got, want) {
+					t.Fatalf("size %d, bare LF %t, %s: stored %d octets, want %d (differ)", size, lf, name, len(got), len(want))
+				}
+				if m := get(t, s, id); m.Size != int64(len(want)) {
+					t.Fatalf("size %d, bare LF %t, %s: Size %d, want %d", size, lf, name, m.Size, len(want))
+				}
+				if err := s.Delete(context.Background(), id); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+}
+
+// TestEnqueue_RefusalThenGoodBody checks that nothing of a refused body (its
+// error, its partly read input) carries over to the next Enqueue, which
+// reuses the body checker.
+func TestEnqueue_RefusalThenGoodBody(t *testing.T) {
+	q, s := newEnqueueQueue(t)
+	env := queue.Envelope{From: "a@b.example", To: []string{"x@y.example"}}
+	for i := range 3 {
+		_, err := q.Enqueue(context.Background(), env, strings.NewReader("Subject: bad\n\nN\x00L\n"))
+		var de *rfc5321.DataError
+		if !errors.As(err, &de) {
+			t.Fatalf("round %d: body with NUL: %v, want a *rfc5321.DataError", i, err)
+		}
+		loop := strings.Repeat("Received: x\n", queue.MaxReceivedHeaders+1) + "\n"
+		if _, err := q.Enqueue(context.Background(), env, strings.NewReader(loop)); !errors.Is(err, queue.ErrMailLoop) {
+			t.Fatalf("round %d: looping body: %v, want ErrMailLoop", i, err)
+		}
+		body := "Received: y\nSubject: good\n\nhi\n"
+		id, err := q.Enqueue(context.Background(), env, strings.NewReader(body))
+		if err != nil {
+			t.Fatalf("round %d: good body after refusals: %v", i, err)
+		}
+		if got, want := string(readBody(t, s, id)), strings.ReplaceAll(body, "\n", "\r\n"); got != want {
+			t.Fatalf("round %d: stored %q, want %q", i, got, want)
+		}
+	}
+}

@@ -12,6 +12,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -50,25 +52,44 @@ func (s *Store) readBody(r io.Reader) (*body, error) {
 	if r == nil {
 		r = bytes.NewReader(nil)
 	}
-	crc := crc32.New(castagnoli)
 	limit := max(s.inlineLimit, 0)
-	buf := make([]byte, 0, min(limit+1, 64<<10))
-	buf, err := readUpTo(r, buf, limit+1)
+	buf, err := readUpTo(r, make([]byte, 0, headSize(r, limit+1)), limit+1)
 	if err != nil {
 		return nil, fmt.Errorf("embedded: reading body: %w", err)
 	}
 	if len(buf) <= limit && s.inlineLimit >= 0 {
-		crc.Write(buf)
-		return &body{inline: buf, size: int64(len(buf)), crc: crc.Sum32()}, nil
+		return &body{inline: buf, size: int64(len(buf)), crc: crc32.Checksum(buf, castagnoli)}, nil
 	}
-	return s.writeBodyFile(buf, r, crc)
+	return s.writeBodyFile(buf, r, crc32.New(castagnoli))
 }
 
-// readUpTo appends from r to buf until buf holds n octets or r ends.
+// minHead is the buffer for the start of a body of unknown size: most
+// bodies are a few kilobytes, and zeroing a buffer for the whole inline
+// limit costs more than the body.
+const minHead = 4 << 10
+
+// headSize returns the capacity to read the first n octets of r into. A
+// reader that knows what is left (*bytes.Reader, *bytes.Buffer,
+// *strings.Reader, as the queue hands its in-memory bodies) gets exactly
+// that plus the octet that detects the end; readUpTo grows a buffer that
+// turns out too small, so the hint never changes what is read.
+func headSize(r io.Reader, n int) int {
+	if l, ok := r.(interface{ Len() int }); ok && l.Len() >= 0 {
+		return min(l.Len()+1, n)
+	}
+	return min(n, minHead)
+}
+
+// readUpTo appends from r to buf until buf holds n octets or r ends. A full
+// buffer doubles, or grows to n if that is less than doubling again.
 func readUpTo(r io.Reader, buf []byte, n int) ([]byte, error) {
 	for len(buf) < n {
 		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
+			grow := max(cap(buf), minHead)
+			if rest := n - len(buf); rest <= 2*grow {
+				grow = rest
+			}
+			buf = slices.Grow(buf, grow)
 		}
 		k, err := r.Read(buf[len(buf):min(cap(buf), n)])
 		buf = buf[:len(buf)+k]
@@ -124,10 +145,16 @@ func (s *Store) writeBodyFile(head []byte, r io.Reader, crc hash.Hash32) (b *bod
 	return &body{file: name, size: n, crc: crc.Sum32()}, nil
 }
 
+// copyBufs holds copyBody's buffers: nothing keeps one after the copy (an
+// io.Reader must not retain the slice it reads into).
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
 // copyBody copies r to f and into crc, telling the caller's read errors
 // from the store's write errors.
 func copyBody(f *os.File, r io.Reader, crc hash.Hash32) (int64, error) {
-	buf := make([]byte, 256<<10)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	var n int64
 	for {
 		k, rerr := r.Read(buf)

@@ -51,31 +51,40 @@ func (s *Store) Enqueue(ctx context.Context, p queue.EnqueueParams) (queue.ID, e
 	if err != nil {
 		return "", err
 	}
-	var (
-		id        queue.ID
-		inserted  bool
-		rejection error
-	)
-	err = s.write(func(bt *btx) (bool, error) {
-		id, inserted, rejection = "", false, nil
-		existing, err := bt.check(p.Message)
-		if err != nil || existing != "" {
-			id, rejection = existing, err
-			return false, nil
-		}
-		id, inserted = p.Message.ID, true
-		return true, bt.insert(p.Message, b)
-	})
+	// One allocation for what the write shares with this goroutine, rather
+	// than one per captured variable.
+	w := &enqueueWrite{m: p.Message, b: b}
+	err = s.write(w.run)
 	if err == nil {
-		err = rejection
+		err = w.rejection
 	}
-	if err != nil || !inserted {
+	if err != nil || !w.inserted {
 		s.discard(b)
 	}
 	if err != nil {
 		return "", err
 	}
-	return id, nil
+	return w.id, nil
+}
+
+// enqueueWrite is the transaction of one Enqueue and its outcome.
+type enqueueWrite struct {
+	m         *queue.Message
+	b         *body
+	id        queue.ID
+	inserted  bool
+	rejection error
+}
+
+func (w *enqueueWrite) run(bt *btx) (bool, error) {
+	w.id, w.inserted, w.rejection = "", false, nil
+	existing, err := bt.check(w.m)
+	if err != nil || existing != "" {
+		w.id, w.rejection = existing, err
+		return false, nil
+	}
+	w.id, w.inserted = w.m.ID, true
+	return true, bt.insert(w.m, w.b)
 }
 
 func validateMessage(op string, m *queue.Message) error {
@@ -120,7 +129,9 @@ func (b *btx) check(m *queue.Message) (queue.ID, error) {
 
 // insert stores a message that check accepted, with its written body.
 func (b *btx) insert(m *queue.Message, bd *body) error {
-	r := &msgRecord{msg: *cloneMessage(m), kind: bd.kind(), file: bd.file, bodyCRC: bd.crc, tokens: make([]int64, len(m.Recipients))}
+	// A shallow copy: the record is only encoded, and nothing here writes to
+	// the caller's recipients.
+	r := &msgRecord{msg: *m, kind: bd.kind(), file: bd.file, bodyCRC: bd.crc, tokens: make([]int64, len(m.Recipients))}
 	r.msg.Size = bd.size
 	id := []byte(m.ID)
 	if err := b.putMessage(nil, r); err != nil {
