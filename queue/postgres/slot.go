@@ -27,11 +27,12 @@ var (
 // for every attempt.
 var _ queue.SlotStore = (*Store)(nil)
 
-// slotFreeAt is when the first busy slot below the limit frees up. It is
-// read only when AcquireSlot finds none free, so it is expanded then.
+// slotFreeAt is when the first busy slot below the limit frees up, and
+// how many slot rows below the limit exist. It is read only when
+// AcquireSlot finds no free slot, so it is expanded then.
 const slotFreeAt = `
-SELECT min(until) FROM {schema}.destination_slot
-WHERE destination = $1 AND slot < $2 AND until > $3`
+SELECT min(until) FILTER (WHERE until > $3), count(*) FROM {schema}.destination_slot
+WHERE destination = $1 AND slot < $2`
 
 // maxSlots bounds SlotParams.Max: slot rows are created up to it.
 const maxSlots = 10000
@@ -61,8 +62,9 @@ type Slot = queue.Slot
 // Lowering Max takes effect as leases on the higher slots end. Slots are rows
 // of destination_slot, leased with FOR UPDATE SKIP LOCKED in one short
 // transaction sent in one round trip; no session lock pins a connection.
-// Acquisitions and releases commit without waiting for the disk (see
-// slotTx).
+// The rows of a destination are created the first time an acquisition finds
+// fewer than Max of them, not on every call. Acquisitions and releases
+// commit without waiting for the disk (see slotTx).
 func (s *Store) AcquireSlot(ctx context.Context, p SlotParams) (*Slot, error) {
 	if err := s.check(); err != nil {
 		return nil, err
@@ -74,20 +76,33 @@ func (s *Store) AcquireSlot(ctx context.Context, p SlotParams) (*Slot, error) {
 		return nil, fmt.Errorf("postgres: acquire slot: Until %v not after Now %v", p.Until, p.Now)
 	}
 	slot := &Slot{Destination: p.Destination, Owner: p.Owner, Until: p.Until.Truncate(time.Microsecond)}
-	b := slotTx()
-	b.Queue(s.q.createSlots, p.Destination, p.Max)
-	b.Queue(s.q.acquireSlot, p.Destination, p.Max, p.Owner, p.Now, slot.Until).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&slot.Number, &slot.Token)
-	})
-	b.Queue("COMMIT")
-	err := s.pool.SendBatch(ctx, b).Close()
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, s.noSlot(ctx, p)
+	for created := false; ; created = true {
+		b := slotTx()
+		b.Queue(s.q.acquireSlot, p.Destination, p.Max, p.Owner, p.Now, slot.Until).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&slot.Number, &slot.Token)
+		})
+		b.Queue("COMMIT")
+		err := s.pool.SendBatch(ctx, b).Close()
+		if err == nil {
+			return slot, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return nil, s.fail("acquire slot", err)
+		}
+		ns, rows := s.noSlot(ctx, p)
+		if rows >= p.Max || created {
+			return nil, ns
+		}
+		// Some of the Max slots have no row yet. Rows another transaction
+		// is creating are invisible until it commits; the INSERT waits for
+		// it, so the second try sees them.
+		b = slotTx()
+		b.Queue(s.q.createSlots, p.Destination, p.Max)
+		b.Queue("COMMIT")
+		if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+			return nil, s.fail("acquire slot: create slots", err)
+		}
 	}
-	if err != nil {
-		return nil, s.fail("acquire slot", err)
-	}
-	return slot, nil
 }
 
 // RenewSlot extends the lease of slot to until, or returns ErrSlotLost.
@@ -161,15 +176,20 @@ func (s *Store) SlotsInUse(ctx context.Context, destination string, now time.Tim
 }
 
 // noSlot returns the error of an AcquireSlot that found no free slot, with
-// the time the first busy one frees up when that can be read. A slot locked
-// by a concurrent AcquireSlot that has not committed yet is not counted:
-// its holder wakes the workers when it releases it.
-func (s *Store) noSlot(ctx context.Context, p SlotParams) error {
+// the time the first busy one frees up when that can be read, and how many
+// slot rows below p.Max exist (p.Max if that cannot be read). A slot locked
+// by a concurrent AcquireSlot that has not committed yet is not counted as
+// busy: its holder wakes the workers when it releases it.
+func (s *Store) noSlot(ctx context.Context, p SlotParams) (*queue.NoSlotError, int) {
 	e := &queue.NoSlotError{Destination: p.Destination}
 	var at *time.Time
+	rows := p.Max
 	q := expand(slotFreeAt, pgx.Identifier{s.schema}.Sanitize())
-	if err := s.pool.QueryRow(ctx, q, p.Destination, p.Max, p.Now).Scan(&at); err == nil && at != nil {
+	if err := s.pool.QueryRow(ctx, q, p.Destination, p.Max, p.Now).Scan(&at, &rows); err != nil {
+		return e, p.Max
+	}
+	if at != nil {
 		e.FreeAt = *at
 	}
-	return e
+	return e, rows
 }
