@@ -57,6 +57,7 @@ type Store struct {
 	clock     backoff.Clock
 	logger    *slog.Logger
 	q         queries
+	chunks    sync.Pool // *[]byte of chunkSize octets, for Enqueue
 
 	closed atomic.Bool
 
