@@ -313,7 +313,7 @@ func (s *Store) Finish(ctx context.Context, p queue.FinishParams) error {
 		return s.fail("finish", err)
 	}
 	if len(p.Notifications) > 0 {
-		s.wakeWorkers(ctx)
+		s.wakeWorkers()
 	}
 	return nil
 }

@@ -74,16 +74,20 @@
 //
 // # Wakeups
 //
-// Enqueue, Release, Retry and Finish with notifications send a NOTIFY right
-// after their commit, in a transaction of its own that does not wait for the
-// disk: a NOTIFY inside a transaction serialises the commits of all
-// notifying transactions, which would defeat group commit. ReleaseSlot's
-// whole transaction does not wait for the disk, so its NOTIFY is inside it.
-// EnqueueTx sends it inside the caller's transaction, so that it is
-// delivered only if that commits. [Store.Wakeups] starts a listener on a dedicated connection
-// that reconnects with backoff and wakes the consumer after every
-// reconnection, since notifications are lost while disconnected (and in a
-// crash between a commit and its NOTIFY). Consumers therefore still poll
+// Enqueue, ReleaseSlot, Release, Retry and Finish with notifications are
+// followed by a NOTIFY, sent after their commit by a notifier goroutine in
+// a transaction of its own that does not wait for the disk: a NOTIFY inside
+// a transaction serialises the commits of all notifying transactions,
+// which would defeat group commit. The caller does not wait for it, and
+// commits made while one is under way, or within 2 ms of the last, share
+// the next one: every commit is followed by a NOTIFY sent after it, but
+// under load one NOTIFY wakes the cluster's workers for many commits.
+// Close sends the one still owed. EnqueueTx sends it inside the caller's
+// transaction, so that it is delivered only if that commits.
+// [Store.Wakeups] starts a listener on a dedicated connection that
+// reconnects with backoff and wakes the consumer after every reconnection,
+// since notifications are lost while disconnected (and when a process dies
+// between a commit and its NOTIFY). Consumers therefore still poll
 // (NextDue).
 //
 // # Transactional enqueue

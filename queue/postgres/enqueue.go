@@ -37,7 +37,7 @@ func (s *Store) Enqueue(ctx context.Context, p queue.EnqueueParams) (queue.ID, e
 		}
 	}
 	if inserted {
-		s.wakeWorkers(ctx)
+		s.wakeWorkers()
 	}
 	return id, nil
 }

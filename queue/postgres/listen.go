@@ -14,9 +14,20 @@ const (
 	listenRetryMax = 30 * time.Second
 )
 
+// notifyGap is the least time between two NOTIFYs of one store. Commits
+// during the gap share the NOTIFY that follows it: under load, one wakeup
+// of every worker of the cluster stands for many enqueues and slot
+// releases, instead of one each, and an idle store still notifies at once.
+const notifyGap = 2 * time.Millisecond
+
+// notifyTimeout bounds one NOTIFY, so that a hung server connection cannot
+// stop the notifier (a lost wakeup costs a poll interval, no more).
+const notifyTimeout = 10 * time.Second
+
 // Wakeups returns a channel that receives a value when work may have become
 // due on any node: a message was enqueued (after its transaction commits),
-// released or retried, or a Finish queued notifications. It also receives
+// released or retried, a connection slot was released, or a Finish queued
+// notifications. It also receives
 // one each time the listener has (re)connected, because notifications sent
 // while it was disconnected are lost. Values coalesce: one receive may stand
 // for many events.
@@ -91,5 +102,46 @@ func (s *Store) session(ctx context.Context, cfg *pgx.ConnConfig) error {
 			return nil
 		}
 		s.signal()
+	}
+}
+
+// notifier sends the NOTIFYs that wakeWorkers asks for, each in a
+// transaction of its own that does not wait for the disk, after the
+// commits that asked (see the wakeWorkers query). A request that arrives
+// while a NOTIFY is under way is served by the next one, which starts after
+// the request, so every commit is followed by a NOTIFY sent after it; at
+// most one is under way at a time, and they are notifyGap apart. At Close
+// it sends the one still owed and exits.
+func (s *Store) notifier() {
+	defer close(s.notifyDone)
+	gap := time.NewTimer(0)
+	defer gap.Stop()
+	for {
+		select {
+		case <-s.notifyReq:
+		case <-s.notifyStop:
+			select {
+			case <-s.notifyReq:
+				s.notify()
+			default:
+			}
+			return
+		}
+		s.notify()
+		gap.Reset(notifyGap)
+		select {
+		case <-gap.C:
+		case <-s.notifyStop:
+		}
+	}
+}
+
+// notify sends one NOTIFY. A failure only costs latency, so it is logged,
+// not returned.
+func (s *Store) notify() {
+	ctx, cancel := context.WithTimeout(context.Background(), notifyTimeout)
+	defer cancel()
+	if _, err := s.pool.Exec(ctx, s.q.wakeWorkers); err != nil {
+		s.logger.Warn("outbound: postgres NOTIFY failed", "schema", s.schema, "err", err)
 	}
 }

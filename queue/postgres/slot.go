@@ -124,9 +124,8 @@ func (s *Store) RenewSlot(ctx context.Context, slot *Slot, until time.Time) erro
 
 // ReleaseSlot ends the lease of slot at until: the caller's now frees the
 // slot at once, a later time keeps it busy until then (rate limiting). It
-// wakes listening workers (the NOTIFY is in the same transaction, which
-// does not wait for the disk), and returns ErrSlotLost if the slot was
-// acquired by someone else in the meantime.
+// wakes listening workers after its commit (see Wakeups), and returns
+// ErrSlotLost if the slot was acquired by someone else in the meantime.
 func (s *Store) ReleaseSlot(ctx context.Context, slot *Slot, until time.Time) error {
 	if err := s.check(); err != nil {
 		return err
@@ -137,7 +136,6 @@ func (s *Store) ReleaseSlot(ctx context.Context, slot *Slot, until time.Time) er
 		released = tag.RowsAffected() > 0
 		return nil
 	})
-	b.Queue(s.q.notifyWork, s.channel)
 	b.Queue("COMMIT")
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return s.fail("release slot", err)
@@ -145,6 +143,7 @@ func (s *Store) ReleaseSlot(ctx context.Context, slot *Slot, until time.Time) er
 	if !released {
 		return ErrSlotLost
 	}
+	s.wakeWorkers()
 	return nil
 }
 

@@ -61,6 +61,11 @@ type Store struct {
 
 	closed atomic.Bool
 
+	notifyOnce sync.Once
+	notifyReq  chan struct{} // buffered 1: commits waiting for a NOTIFY
+	notifyStop chan struct{} // closed by Close
+	notifyDone chan struct{} // closed when the notifier has exited
+
 	listenOnce sync.Once
 	wake       chan struct{} // buffered 1: wakeups coalesce
 	stop       context.CancelFunc
@@ -114,15 +119,18 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts *Options) (*Store, error)
 	}
 	channel := "outbound " + o.Schema
 	s := &Store{
-		pool:      pool,
-		schema:    o.Schema,
-		channel:   channel,
-		chunkSize: o.ChunkSize,
-		clock:     o.Clock,
-		logger:    o.Logger,
-		q:         newQueries(pgx.Identifier{o.Schema}.Sanitize(), channel),
-		wake:      make(chan struct{}, 1),
-		stopped:   make(chan struct{}),
+		pool:       pool,
+		schema:     o.Schema,
+		channel:    channel,
+		chunkSize:  o.ChunkSize,
+		clock:      o.Clock,
+		logger:     o.Logger,
+		q:          newQueries(pgx.Identifier{o.Schema}.Sanitize(), channel),
+		wake:       make(chan struct{}, 1),
+		notifyReq:  make(chan struct{}, 1),
+		notifyStop: make(chan struct{}),
+		notifyDone: make(chan struct{}),
+		stopped:    make(chan struct{}),
 	}
 	if err := s.migrate(ctx); err != nil {
 		return nil, err
@@ -145,6 +153,9 @@ func (s *Store) Close() error {
 		s.stop()
 	}
 	<-s.stopped
+	s.notifyOnce.Do(func() { close(s.notifyDone) })
+	close(s.notifyStop)
+	<-s.notifyDone // it sends a NOTIFY still owed
 	if s.ownPool {
 		s.pool.Close()
 	}
@@ -336,16 +347,18 @@ func (s *Store) operate(ctx context.Context, op string, id queue.ID, change func
 		return s.fail(op, err)
 	}
 	if wake {
-		s.wakeWorkers(ctx)
+		s.wakeWorkers()
 	}
 	return nil
 }
 
-// wakeWorkers notifies the listeners of every node after a commit (see
-// the query). A failure only costs latency, so it is logged, not returned.
-func (s *Store) wakeWorkers(ctx context.Context) {
-	if _, err := s.pool.Exec(context.WithoutCancel(ctx), s.q.wakeWorkers); err != nil && !s.closed.Load() {
-		s.logger.Warn("outbound: postgres NOTIFY failed", "schema", s.schema, "err", err)
+// wakeWorkers makes sure the listeners of every node are notified after
+// a commit the caller has just made; see notifier.
+func (s *Store) wakeWorkers() {
+	s.notifyOnce.Do(func() { go s.notifier() })
+	select {
+	case s.notifyReq <- struct{}{}:
+	default: // a request is pending: its NOTIFY starts after this commit too
 	}
 }
 
