@@ -78,6 +78,10 @@ type Deliverer struct {
 	// ReplyLimits caps the size of server replies.
 	ReplyLimits ReplyLimits
 
+	// NoPipelining turns RFC 2920 pipelining off, for servers that
+	// advertise PIPELINING and break when a client uses it.
+	NoPipelining bool
+
 	// MaxConnsPerDestination limits the connections open at once to one
 	// destination, busy and idle together; Deliver waits for one to free up
 	// (or for its ctx). 0 means 10; negative means no limit.

@@ -207,10 +207,18 @@ func (a *attempt) rewind() error {
 // is closed; a 421 also marks the destination unavailable (RFC 5321 §3.8).
 func (a *attempt) failed(s *session, idx []int, stage Stage, err error) {
 	r, isReply := asReply(err)
+	if isReply {
+		err = nil
+	}
+	a.failedWith(s, idx, stage, r, err)
+}
+
+// failedWith is failed for a reply r (err nil) or an error without one.
+func (a *attempt) failedWith(s *session, idx []int, stage Stage, r Reply, err error) {
+	isReply := err == nil
 	class := Temporary
 	if isReply {
 		class = Classify(stage, r)
-		err = nil
 	}
 	for _, i := range idx {
 		a.set(i, class, stage, s.host, r, err)
@@ -252,12 +260,11 @@ func (a *attempt) reset(s *session) {
 func (a *attempt) transact(s *session, batch []int) (next []int, stale *Error) {
 	msg, c, t := a.msg, s.c, a.t
 	staleErr := func(stage Stage, err error) *Error {
-		s.close()
 		r, _ := asReply(err)
 		if r.Code != 0 {
 			err = nil
 		}
-		return &Error{Stage: stage, Host: s.host, Reply: r, Err: err}
+		return a.staleErr(s, stage, r, err)
 	}
 	if s.needHello {
 		c.CommandTimeout = t.EHLO
@@ -280,6 +287,11 @@ func (a *attempt) transact(s *session, batch []int) (next []int, stale *Error) {
 	needUTF8 := rfc5321.NeedsSMTPUTF8(msg.From)
 	for _, i := range batch {
 		needUTF8 = needUTF8 || rfc5321.NeedsSMTPUTF8(msg.Recipients[i].Address)
+	}
+	if a.canPipeline(s) {
+		if next, stale, ok := a.transactPipelined(s, batch, needUTF8); ok {
+			return next, stale
+		}
 	}
 	c.CommandTimeout = t.Mail
 	err := c.Mail(msg.From, &smtp.MailOptions{
@@ -336,16 +348,41 @@ func (a *attempt) transact(s *session, batch []int) (next []int, stale *Error) {
 		a.reset(s)
 		return next, nil
 	}
-	if !a.sendBody(s, w, accepted) {
-		return next, nil
-	}
-	a.log.Info("smtp delivered", "host", s.host, "recipients", len(accepted), "tls", s.tls.Encrypted)
+	a.sendBody(s, w, accepted)
 	return next, nil
+}
+
+// staleErr closes a session from the pool that failed before MAIL was
+// answered and says why, for run to retry on a fresh connection.
+func (a *attempt) staleErr(s *session, stage Stage, r Reply, err error) *Error {
+	s.close()
+	return &Error{Stage: stage, Host: s.host, Reply: r, Err: err}
 }
 
 // sendBody streams the message and reads the reply to the final dot. It
 // reports whether the session is still usable.
 func (a *attempt) sendBody(s *session, w *smtp.DataCommand, accepted []int) bool {
+	if !a.copyBody(s, w, accepted) {
+		return false
+	}
+	s.c.SubmissionTimeout = a.t.EndData
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		r, ok := asReply(err)
+		if ok {
+			err = nil
+		}
+		return a.endDataFailed(s, accepted, r, err)
+	}
+	a.delivered(s, accepted, replyFromText(250, resp.StatusText, EnhancedCode{}))
+	return true
+}
+
+// copyBody copies the message body to w (a dot-stuffing writer on s), up
+// to but not including the final dot. On failure it closes the connection,
+// which aborts DATA without the dot, records the outcome for accepted and
+// reports false.
+func (a *attempt) copyBody(s *session, w io.Writer, accepted []int) bool {
 	a.bodyRead = true
 	src := &bodyReader{r: rfc5321.NewReader(a.msg.Body)}
 	if ok, _ := s.c.Extension("8BITMIME"); !ok {
@@ -362,50 +399,54 @@ func (a *attempt) sendBody(s *session, w *smtp.DataCommand, accepted []int) bool
 	}
 	_, err := io.CopyBuffer(w, src, *buf)
 	a.d.bufs.Put(buf)
-	if err != nil {
-		// Abort without the final dot: closing the connection is the only
-		// way to end DATA without the server taking what it has.
-		s.close()
-		stage, class, r := StageBody, Temporary, Reply{}
-		var de *rfc5321.DataError
-		switch {
-		case src.err == nil:
-			// The write failed: the connection is gone.
-		case errors.As(src.err, &de):
-			class, r = Permanent, Reply{Code: 554, Enhanced: EnhancedCode{5, 6, 0}, Text: "message data refused: " + de.Reason}
-		case errors.Is(src.err, errEightBit):
-			class, r = Permanent, Reply{Code: 554, Enhanced: EnhancedCode{5, 6, 3}, Text: "8-bit content to a server without 8BITMIME"}
-		default:
-			err = fmt.Errorf("reading the message body: %w", err)
-		}
-		for _, i := range accepted {
-			a.set(i, class, stage, s.host, r, err)
-		}
-		return false
+	if err == nil {
+		return true
 	}
+	// Abort without the final dot: closing the connection is the only
+	// way to end DATA without the server taking what it has.
+	s.close()
+	stage, class, r := StageBody, Temporary, Reply{}
+	var de *rfc5321.DataError
+	switch {
+	case src.err == nil:
+		// The write failed: the connection is gone.
+	case errors.As(src.err, &de):
+		class, r = Permanent, Reply{Code: 554, Enhanced: EnhancedCode{5, 6, 0}, Text: "message data refused: " + de.Reason}
+	case errors.Is(src.err, errEightBit):
+		class, r = Permanent, Reply{Code: 554, Enhanced: EnhancedCode{5, 6, 3}, Text: "8-bit content to a server without 8BITMIME"}
+	default:
+		err = fmt.Errorf("reading the message body: %w", err)
+	}
+	for _, i := range accepted {
+		a.set(i, class, stage, s.host, r, err)
+	}
+	return false
+}
 
-	s.c.SubmissionTimeout = a.t.EndData
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		if _, ok := asReply(err); ok {
-			a.failed(s, accepted, StageEndData, err)
-			return !s.broken
-		}
-		// Lost after the final dot was written, before the reply: the
-		// server may have taken the message (RFC 1047, RFC 5321 §4.1.1.4).
-		dup := s.wc.writeErr == nil
-		a.failed(s, accepted, StageEndData, err)
-		for _, i := range accepted {
-			a.rep.Results[i].PossibleDuplicate = dup
-		}
-		return false
+// endDataFailed records a refusal r of the final dot (err nil), or err: no
+// reply came. It reports whether the session is still usable.
+func (a *attempt) endDataFailed(s *session, accepted []int, r Reply, err error) bool {
+	if err == nil {
+		a.failedWith(s, accepted, StageEndData, r, nil)
+		return !s.broken
 	}
-	r := replyFromText(250, resp.StatusText, EnhancedCode{})
+	// Lost after the final dot was written, before the reply: the
+	// server may have taken the message (RFC 1047, RFC 5321 §4.1.1.4).
+	dup := s.wc.writeErr == nil
+	a.failedWith(s, accepted, StageEndData, Reply{}, err)
+	for _, i := range accepted {
+		a.rep.Results[i].PossibleDuplicate = dup
+	}
+	return false
+}
+
+// delivered records the server's acceptance r of the final dot.
+func (a *attempt) delivered(s *session, accepted []int, r Reply) {
 	for _, i := range accepted {
 		a.set(i, Delivered, StageEndData, s.host, r, nil)
 	}
 	s.transactions++
-	return true
+	a.log.Info("smtp delivered", "host", s.host, "recipients", len(accepted), "tls", s.tls.Encrypted)
 }
 
 // checkExtensions decides, before MAIL, what this server cannot take, and

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,8 @@ import (
 //     ReplyLimits (see take); go-smtp caps only the line length, and
 //     net/textproto returns a line cut short by an error as if it were
 //     whole;
+//   - a Write may be followed by one reply, a writeGroup of n pipelined
+//     commands (RFC 2920) by exactly n: anything after them is unsolicited;
 //   - while block is set (message data), every Write re-arms the write
 //     deadline, because go-smtp sets no deadline while the body is written
 //     (RFC 5321 §4.5.3.2: a timeout per data block);
@@ -42,6 +45,14 @@ type wireConn struct {
 	replyCode              int
 	headChecked, lastLine  bool // about the current line
 	replyDone              bool // its last line has ended
+	moreReplies            int  // replies still due after the current one (pipelining)
+
+	// For pipelined transactions, which bypass go-smtp: br reads replies
+	// (empty between transactions), bw buffers message data, cmdBuf holds
+	// a group of commands.
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	cmdBuf []byte
 
 	unsolicited []byte // octets that came after the end of a reply
 }
@@ -140,7 +151,15 @@ func (c *wireConn) take(b []byte) error {
 		}
 		c.line = c.line[:0]
 		c.headChecked = false
-		c.replyDone = c.lastLine
+		switch {
+		case !c.lastLine:
+		case c.moreReplies > 0:
+			// The next pipelined reply starts: its own limits.
+			c.moreReplies--
+			c.replyBytes, c.replyLines = 0, 0
+		default:
+			c.replyDone = true
+		}
 	}
 	return nil
 }
@@ -159,12 +178,23 @@ func (c *wireConn) checkHead(head string) error {
 	return nil
 }
 
-func (c *wireConn) Write(p []byte) (int, error) {
+func (c *wireConn) Write(p []byte) (int, error) { return c.write(p, 1) }
+
+// writeGroup writes p, n pipelined commands, after which exactly n replies
+// are due; each is checked against the limits on its own.
+func (c *wireConn) writeGroup(p []byte, n int) (int, error) { return c.write(p, n) }
+
+func (c *wireConn) write(p []byte, replies int) (int, error) {
 	if c.desynced() {
-		return 0, &ProtocolError{Reason: "unsolicited data from the server", Line: shorten(string(c.unsolicited)), Err: ErrUnexpectedData}
+		err := &ProtocolError{Reason: "unsolicited data from the server", Line: shorten(string(c.unsolicited)), Err: ErrUnexpectedData}
+		if c.writeErr == nil {
+			c.writeErr = err // nothing was sent: no possible duplicate
+		}
+		return 0, err
 	}
-	// No pipelining: whatever is read after a command is its reply.
+	// Whatever is read after the commands is their replies, in order.
 	c.replyBytes, c.replyLines, c.replyDone = 0, 0, false
+	c.moreReplies = replies - 1
 	if c.block > 0 {
 		c.Conn.SetWriteDeadline(c.clamp(time.Now().Add(c.block)))
 	}
