@@ -28,7 +28,12 @@
 //     offers DSN; DATA and the body, streamed through rfc5321.Reader so that
 //     only CR LF line endings reach the wire; the reply to the final dot.
 //     Recipients a 452 left over go in another transaction on the same
-//     connection, if the body can be rewound (an io.Seeker);
+//     connection, if the body can be rewound (an io.Seeker). When the server
+//     offers PIPELINING (RFC 2920) and NoPipelining is false, MAIL, the
+//     RCPTs and DATA go in one write and their replies are read in order,
+//     each with its own timeout and limits. Every reply means what it means
+//     without pipelining; a 354 after a refused MAIL, or with no accepted
+//     recipient, closes the connection without a body or a dot;
 //  6. hands the connection back for reuse (MaxMessagesPerConn, IdleTimeout,
 //     MaxIdlePerDestination), unless it saw a 421 or a non-SMTP error.
 //
@@ -85,8 +90,9 @@
 // # Limits
 //
 // go-smtp matches EHLO keywords case-sensitively, so an extension a server
-// advertises in lower case is treated as absent. There is no PIPELINING
-// and no CHUNKING (go-smtp's client has neither). A new connection without
+// advertises in lower case is treated as absent. PIPELINING is done here,
+// outside go-smtp's client, for MAIL, RCPT and DATA only; there is no
+// CHUNKING. A new connection without
 // TLS sends EHLO twice: once here, to look for STARTTLS, once by go-smtp.
 // A message over the SIZE of the first host that answers fails without
 // trying other MX hosts, as in Postfix. Non-ASCII domains are passed to the
