@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outboundmail/outbound/queue"
 )
@@ -298,13 +299,13 @@ func (s *Store) Finish(ctx context.Context, p queue.FinishParams) error {
 	if rewind == nil {
 		attempts = 1
 	}
-	err := s.inTx(ctx, attempts, func(tx pgx.Tx) error {
+	err := s.pipeTx(ctx, attempts, func(c *pgxpool.Conn) error {
 		if rewind != nil {
 			if err := rewind(); err != nil {
 				return err
 			}
 		}
-		return s.finish(ctx, tx, p, results, dests)
+		return s.finish(ctx, c, p, results, dests)
 	})
 	if errors.Is(err, queue.ErrLeaseLost) {
 		return queue.ErrLeaseLost
@@ -318,59 +319,101 @@ func (s *Store) Finish(ctx context.Context, p queue.FinishParams) error {
 	return nil
 }
 
-// finish is one attempt at Finish inside tx, taking locks in the order of
-// doc.go: message, delivery, recipients, then (new rows for notifications
-// and) the destinations, by name.
-func (s *Store) finish(ctx context.Context, tx pgx.Tx, p queue.FinishParams, results [][]byte, dests [][]any) error {
+// finish is one attempt at Finish on c, in a transaction that its first
+// batch begins (see pipeTx). It takes locks in the order of doc.go:
+// message, delivery, recipients, then (new rows for notifications and) the
+// destinations, by name. Everything goes in that one batch, the fencing
+// check included: its verdict is read before COMMIT, and a lost lease rolls
+// the whole transaction back, so the statements after the check change
+// nothing that lasts. Only notifications too large for one batch (COPY, or
+// an idempotency key) take more round trips.
+func (s *Store) finish(ctx context.Context, c *pgxpool.Conn, p queue.FinishParams, results [][]byte, dests [][]any) error {
 	l := p.Lease
 	id := string(l.Message.ID)
-	var exists bool
+	var exists, counted bool
 	var n int
-	locks := new(pgx.Batch)
-	locks.Queue(s.q.lockMessage, id).Exec(func(tag pgconn.CommandTag) error {
+	b := beginBatch()
+	b.Queue(s.q.lockMessage, id).Exec(func(tag pgconn.CommandTag) error {
 		exists = tag.RowsAffected() == 1
 		return nil
 	})
-	locks.Queue(s.q.lockDelivery, id, l.Destination)
-	locks.Queue(s.q.countLeased, id, l.Token, l.Owner).QueryRow(func(row pgx.Row) error { return row.Scan(&n) })
-	if err := tx.SendBatch(ctx, locks).Close(); err != nil {
-		return err
-	}
-	if !exists || n == 0 || n != len(l.Recipients) {
-		return queue.ErrLeaseLost // deleted, held, or claimed again
-	}
-
-	b := new(pgx.Batch)
+	b.Queue(s.q.lockDelivery, id, l.Destination)
+	b.Queue(s.q.countLeased, id, l.Token, l.Owner).QueryRow(func(row pgx.Row) error {
+		counted = true
+		return row.Scan(&n)
+	})
+	var stray string // a recipient Finish names that the lease does not cover
+	final := true    // the message may have no waiting recipient left
 	for i, u := range p.Recipients {
 		b.Queue(s.q.finishRecipient, id, l.Token, u.Address, u.State.String(), u.NextAttempt, results[i],
 			u.PossibleDuplicate, u.DelayWarned).Exec(func(tag pgconn.CommandTag) error {
-			if tag.RowsAffected() == 0 {
-				return fmt.Errorf("recipient %s is not in lease %d", u.Address, l.Token)
+			if tag.RowsAffected() == 0 && stray == "" {
+				stray = u.Address
 			}
 			return nil
 		})
+		if u.State == queue.Deferred {
+			final = false
+		}
 	}
 	b.Queue(s.q.endLease, id, l.Token)
-	b.Queue(s.q.refreshDeliveries, []string{id}, []string{l.Destination})
-	b.Queue(s.q.deleteMessageIfFinal, id)
-	if len(p.Notifications) > 0 {
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+	if final {
+		// First, so that a message that is done is deleted (its pair with
+		// it) instead of updated and then deleted.
+		b.Queue(s.q.deleteMessageIfFinal, id)
+	}
+	b.Queue(s.q.refreshDelivery, id, l.Destination)
+	type notification struct {
+		m    *queue.Message
+		body *chunkSource
+	}
+	var large []notification // those that need round trips of their own
+	for _, np := range p.Notifications {
+		body, err := s.openChunks(np)
+		if err != nil {
 			return err
 		}
-		for _, np := range p.Notifications {
-			if _, _, err := s.enqueue(ctx, tx, np, false); err != nil {
-				return err
-			}
+		defer s.putChunkBuffer(body.buf)
+		if !oneBatch(np.Message, body) {
+			large = append(large, notification{np.Message, body})
+			continue
 		}
-		b = new(pgx.Batch)
+		if err := s.queueMessage(b, np.Message, body); err != nil {
+			return err
+		}
 	}
 	// The destination rows last: they are the ones other transactions
 	// contend for, so they are held for the shortest time.
-	for _, dest := range dests {
-		b.Queue(s.q.insertDestination, dest[0])
-		b.Queue(s.q.updateDestination, dest...)
+	queueDests := func(b *pgx.Batch) {
+		for _, dest := range dests {
+			b.Queue(s.q.insertDestination, dest[0])
+			b.Queue(s.q.updateDestination, dest...)
+		}
 	}
-	return tx.SendBatch(ctx, b).Close()
+	if len(large) == 0 {
+		queueDests(b)
+	}
+	err := c.SendBatch(ctx, b).Close()
+	if counted && (!exists || n == 0 || n != len(l.Recipients)) {
+		return queue.ErrLeaseLost // deleted, held, or claimed again
+	}
+	if err != nil {
+		return err
+	}
+	if stray != "" {
+		return fmt.Errorf("recipient %s is not in lease %d", stray, l.Token)
+	}
+	if len(large) == 0 {
+		return nil
+	}
+	for _, nt := range large {
+		if _, _, err := s.enqueue(ctx, c, nt.m, nt.body, false); err != nil {
+			return err
+		}
+	}
+	b = new(pgx.Batch)
+	queueDests(b)
+	return c.SendBatch(ctx, b).Close()
 }
 
 // rewinder returns a function that seeks every notification body back to

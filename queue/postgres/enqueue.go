@@ -5,14 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outboundmail/outbound/queue"
 )
 
 // Enqueue durably stores a new message, its body and its recipients in one
-// transaction, and then wakes listening workers (see Wakeups).
+// transaction, and then wakes listening workers (see Wakeups). A message
+// without an idempotency key whose body fits in one chunk (most of them)
+// costs two round trips: every statement from BEGIN on in one pipelined
+// batch, then COMMIT.
 //
 // If the COMMIT fails in a way that leaves its outcome unknown (the
 // connection broke), Enqueue looks for the message by ID before reporting
@@ -22,12 +28,31 @@ func (s *Store) Enqueue(ctx context.Context, p queue.EnqueueParams) (queue.ID, e
 	if err := s.check(); err != nil {
 		return "", err
 	}
+	body, err := s.openChunks(p)
+	if err != nil {
+		return "", err
+	}
+	defer s.putChunkBuffer(body.buf)
+	m := p.Message
+	if oneBatch(m, body) {
+		b := beginBatch()
+		if err := s.queueMessage(b, m, body); err != nil {
+			return "", err
+		}
+		err := s.pipeTx(ctx, 1, func(c *pgxpool.Conn) error { return c.SendBatch(ctx, b).Close() })
+		var ce *commitError
+		if err != nil && (!errors.As(err, &ce) || !s.committed(ctx, m.ID)) {
+			return "", s.fail("enqueue "+string(m.ID), err)
+		}
+		s.wakeWorkers()
+		return m.ID, nil
+	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return "", s.fail("enqueue", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	id, inserted, err := s.enqueue(ctx, tx, p, false)
+	id, inserted, err := s.enqueue(ctx, tx, m, body, false)
 	if err != nil {
 		return "", err
 	}
@@ -63,11 +88,16 @@ func (s *Store) EnqueueTx(ctx context.Context, tx pgx.Tx, p queue.EnqueueParams)
 	if err := s.check(); err != nil {
 		return "", err
 	}
+	body, err := s.openChunks(p)
+	if err != nil {
+		return "", err
+	}
+	defer s.putChunkBuffer(body.buf)
 	sp, err := tx.Begin(ctx) // SAVEPOINT
 	if err != nil {
 		return "", s.fail("enqueue", err)
 	}
-	id, _, err := s.enqueue(ctx, sp, p, true)
+	id, _, err := s.enqueue(ctx, sp, p.Message, body, true)
 	if err != nil {
 		if rerr := sp.Rollback(ctx); rerr != nil {
 			return "", errors.Join(err, s.fail("enqueue: rollback to savepoint", rerr))
@@ -80,26 +110,62 @@ func (s *Store) EnqueueTx(ctx context.Context, tx pgx.Tx, p queue.EnqueueParams)
 	return id, nil
 }
 
-// enqueue does the work of Enqueue inside tx, with a NOTIFY in tx if
-// notify is set. inserted is false when an existing message with the same
-// idempotency key was found instead.
-func (s *Store) enqueue(ctx context.Context, tx pgx.Tx, p queue.EnqueueParams, notify bool) (id queue.ID, inserted bool, err error) {
+// openChunks checks p and reads the first chunk of its body, before
+// anything is written: most bodies fit in it, so their size is known for
+// the INSERT. The caller gives the buffer back with putChunkBuffer.
+func (s *Store) openChunks(p queue.EnqueueParams) (*chunkSource, error) {
 	m := p.Message
 	if m == nil || m.ID == "" {
-		return "", false, errors.New("postgres: enqueue: message without ID")
+		return nil, errors.New("postgres: enqueue: message without ID")
 	}
 	if p.Body == nil {
-		return "", false, fmt.Errorf("postgres: enqueue %s: nil body", m.ID)
+		return nil, fmt.Errorf("postgres: enqueue %s: nil body", m.ID)
 	}
-	// Read the first chunk before writing anything: most bodies fit in it,
-	// so their size is known for the INSERT.
 	body := &chunkSource{id: string(m.ID), r: p.Body, buf: s.chunkBuffer(p.Body)}
-	defer s.putChunkBuffer(body.buf)
 	if !body.Next() && body.err != nil {
-		return "", false, fmt.Errorf("postgres: enqueue %s: reading body: %w", m.ID, body.err)
+		s.putChunkBuffer(body.buf)
+		return nil, fmt.Errorf("postgres: enqueue %s: reading body: %w", m.ID, body.err)
+	}
+	return body, nil
+}
+
+// oneBatch reports whether m can be stored by the statements of
+// queueMessage alone: no idempotency key to look up first, and a body read
+// to its end in its first chunk, so no COPY.
+func oneBatch(m *queue.Message, body *chunkSource) bool {
+	return m.IdempotencyKey == "" && body.done
+}
+
+// queueMessage adds to b the statements that store m, whose whole body is
+// body's first chunk (see oneBatch).
+func (s *Store) queueMessage(b *pgx.Batch, m *queue.Message, body *chunkSource) error {
+	id := string(m.ID)
+	b.Queue(s.q.insertMessageNoKey, id, m.From, m.Arrived, int64(len(body.data)),
+		m.EightBit, m.Return, m.EnvelopeID, m.RequireTLS)
+	if len(body.data) > 0 {
+		b.Queue(s.q.insertChunk, id, 0, body.data)
+	}
+	return s.queueRecipients(b, m)
+}
+
+// enqueue does the work of Enqueue inside tx, with a NOTIFY in tx if
+// notify is set; body has its first chunk read. inserted is false when an
+// existing message with the same idempotency key was found instead.
+func (s *Store) enqueue(ctx context.Context, tx txConn, m *queue.Message, body *chunkSource, notify bool) (id queue.ID, inserted bool, err error) {
+	if oneBatch(m, body) {
+		b := new(pgx.Batch)
+		if err := s.queueMessage(b, m, body); err != nil {
+			return "", false, err
+		}
+		if notify {
+			b.Queue(s.q.notifyWork, s.channel)
+		}
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return "", false, s.fail("enqueue "+string(m.ID), err)
+		}
+		return m.ID, true, nil
 	}
 	size := int64(len(body.data))
-
 	var got string
 	err = tx.QueryRow(ctx, s.q.insertMessage, string(m.ID), m.From, m.Arrived, size,
 		nullString(m.IdempotencyKey), m.EightBit, m.Return, m.EnvelopeID, m.RequireTLS).Scan(&got)
@@ -139,7 +205,6 @@ func (s *Store) enqueue(ctx context.Context, tx pgx.Tx, p queue.EnqueueParams, n
 	if err := s.queueRecipients(b, m); err != nil {
 		return "", false, err
 	}
-	b.Queue(s.q.insertDeliveries, string(m.ID), m.Arrived)
 	if notify {
 		b.Queue(s.q.notifyWork, s.channel)
 	}
@@ -175,8 +240,14 @@ func (s *Store) putChunkBuffer(b []byte) {
 	}
 }
 
-// queueRecipients adds the INSERT of each recipient of m to b.
+// queueRecipients adds to b the INSERT of each recipient of m, then that
+// of its (message, destination) pairs, each due when its earliest waiting
+// recipient is.
 func (s *Store) queueRecipients(b *pgx.Batch, m *queue.Message) error {
+	var (
+		dests []string
+		due   []*time.Time // nil: no recipient waits there
+	)
 	for i, r := range m.Recipients {
 		result, err := encodeOutcome(r.LastResult)
 		if err != nil {
@@ -185,7 +256,18 @@ func (s *Store) queueRecipients(b *pgx.Batch, m *queue.Message) error {
 		b.Queue(s.q.insertRecipient, string(m.ID), i, r.Address, r.Destination, r.Notify, r.ORCPT,
 			r.State.String(), r.Attempts, r.NextAttempt, nullTime(r.LastAttempt), result,
 			r.DelayWarned, r.PossibleDuplicate)
+		j := slices.Index(dests, r.Destination)
+		if j < 0 {
+			dests, due = append(dests, r.Destination), append(due, nil)
+			j = len(dests) - 1
+		}
+		if r.State == queue.Queued || r.State == queue.Deferred {
+			if due[j] == nil || r.NextAttempt.Before(*due[j]) {
+				due[j] = &r.NextAttempt
+			}
+		}
 	}
+	b.Queue(s.q.insertDeliveries, string(m.ID), m.Arrived, dests, due)
 	return nil
 }
 

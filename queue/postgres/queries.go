@@ -45,6 +45,13 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id`
 
+	// insertMessageNoKey is insertMessage for a message without an
+	// idempotency key: nothing to conflict with.
+	insertMessageNoKey = `
+INSERT INTO {schema}.message
+    (id, sender, arrived, size, eight_bit, ret, envelope_id, require_tls)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
+
 	selectIDByIdempotencyKey = `SELECT id FROM {schema}.message WHERE idempotency_key = $1`
 
 	setMessageSize = `UPDATE {schema}.message SET size = $2 WHERE id = $1`
@@ -197,14 +204,12 @@ RETURNING destination`
 // delivery.
 const (
 	// insertDeliveries creates the (message, destination) pairs of a new
-	// message from its recipients.
+	// message: $3 are the destinations of its recipients, $4 when the
+	// earliest waiting recipient of each is due (NULL: none waits).
 	insertDeliveries = `
 INSERT INTO {schema}.delivery (message_id, destination, arrived, next_attempt)
-SELECT r.message_id, r.destination, $2,
-       min(r.next_attempt) FILTER (WHERE r.state IN ('queued', 'deferred'))
-FROM {schema}.recipient r
-WHERE r.message_id = $1
-GROUP BY r.message_id, r.destination`
+SELECT $1, d.destination, $2, d.next_attempt
+FROM unnest($3::text[], $4::timestamptz[]) AS d (destination, next_attempt)`
 
 	// lockDeliveries locks up to $4 of the candidate pairs that are still
 	// due, oldest first, skipping those another transaction holds:
@@ -244,6 +249,18 @@ SET next_attempt = (
       AND r.destination = dl.destination
       AND r.state IN ('queued', 'deferred'))
 WHERE (dl.message_id, dl.destination) IN (SELECT * FROM unnest($1::text[], $2::text[]))`
+
+	// refreshDelivery is refreshDeliveries for one pair, read through the
+	// primary key whatever the planner knows of the table.
+	refreshDelivery = `
+UPDATE {schema}.delivery dl
+SET next_attempt = (
+    SELECT min(GREATEST(r.next_attempt, r.lease_until))
+    FROM {schema}.recipient r
+    WHERE r.message_id = dl.message_id
+      AND r.destination = dl.destination
+      AND r.state IN ('queued', 'deferred'))
+WHERE dl.message_id = $1 AND dl.destination = $2`
 
 	// refreshMessageDeliveries is refreshDeliveries for every pair of one
 	// message.
@@ -432,6 +449,7 @@ type queries struct {
 	selectMigrations         string
 	insertMigration          string
 	insertMessage            string
+	insertMessageNoKey       string
 	selectIDByIdempotencyKey string
 	setMessageSize           string
 	insertChunk              string
@@ -458,6 +476,7 @@ type queries struct {
 	lockMessageDeliveries    string
 	lockDelivery             string
 	refreshDeliveries        string
+	refreshDelivery          string
 	refreshMessageDeliveries string
 	claimCandidates          string
 	claimMessageCandidates   string
@@ -484,6 +503,7 @@ func newQueries(schema, channel string) queries {
 		selectMigrations:         expand(selectMigrations, schema),
 		insertMigration:          expand(insertMigration, schema),
 		insertMessage:            expand(insertMessage, schema),
+		insertMessageNoKey:       expand(insertMessageNoKey, schema),
 		selectIDByIdempotencyKey: expand(selectIDByIdempotencyKey, schema),
 		setMessageSize:           expand(setMessageSize, schema),
 		insertChunk:              expand(insertChunk, schema),
@@ -510,6 +530,7 @@ func newQueries(schema, channel string) queries {
 		lockMessageDeliveries:    expand(lockMessageDeliveries, schema),
 		lockDelivery:             expand(lockDelivery, schema),
 		refreshDeliveries:        expand(refreshDeliveries, schema),
+		refreshDelivery:          expand(refreshDelivery, schema),
 		refreshMessageDeliveries: expand(refreshMessageDeliveries, schema),
 		claimCandidates:          expand(claimCandidates, schema),
 		claimMessageCandidates:   expand(claimMessageCandidates, schema),

@@ -193,6 +193,69 @@ func (s *Store) inTx(ctx context.Context, attempts int, fn func(pgx.Tx) error) e
 	}
 }
 
+// txConn is what the statements of a transaction run on: a pgx.Tx, or a
+// pooled connection inside a transaction that pipeTx began.
+type txConn interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+	CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error)
+}
+
+// beginBatch returns a batch that opens a transaction: the first batch fn
+// sends in pipeTx.
+func beginBatch() *pgx.Batch {
+	b := new(pgx.Batch)
+	b.Queue("BEGIN")
+	return b
+}
+
+// commitError is a failed COMMIT: the transaction's outcome is unknown.
+type commitError struct{ err error }
+
+func (e *commitError) Error() string { return "commit: " + e.err.Error() }
+func (e *commitError) Unwrap() error { return e.err }
+
+// pipeTx runs fn in a transaction on one pooled connection and commits,
+// like inTx, but without a round trip for BEGIN: fn's first batch comes
+// from beginBatch, so that a transaction whose statements fit in one batch
+// costs two round trips (the batch, then COMMIT) instead of four. If fn
+// fails, the transaction is rolled back (a connection that cannot do that
+// is closed by the pool). A failed COMMIT is returned as a *commitError and
+// never retried.
+func (s *Store) pipeTx(ctx context.Context, attempts int, fn func(*pgxpool.Conn) error) error {
+	for attempt := 1; ; attempt++ {
+		err := s.pipeTxOnce(ctx, fn)
+		var ce *commitError
+		if err == nil || errors.As(err, &ce) || attempt >= attempts || !retryable(err) || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
+func (s *Store) pipeTxOnce(ctx context.Context, fn func(*pgxpool.Conn) error) error {
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Release()
+	if err := fn(c); err != nil {
+		if c.Conn().PgConn().TxStatus() != 'I' {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			c.Exec(rctx, "ROLLBACK") //nolint:errcheck // if it fails, Release closes the connection
+		}
+		return err
+	}
+	tag, err := c.Exec(ctx, "COMMIT")
+	if err != nil {
+		return &commitError{err}
+	}
+	if tag.String() == "ROLLBACK" { // the transaction had failed: nothing was committed
+		return pgx.ErrTxCommitRollback
+	}
+	return nil
+}
+
 // retryable reports whether a transaction failed in a way that makes
 // running it again safe.
 func retryable(err error) bool {
