@@ -60,7 +60,12 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
 
 	selectChunk = `SELECT data FROM {schema}.message_chunk WHERE message_id = $1 AND seq = $2`
 
-	selectMessageSize = `SELECT size FROM {schema}.message WHERE id = $1`
+	// selectMessageFirstChunk reads a message's size and its first chunk
+	// (NULL for an empty body).
+	selectMessageFirstChunk = `
+SELECT m.size, (SELECT c.data FROM {schema}.message_chunk c WHERE c.message_id = m.id AND c.seq = 0)
+FROM {schema}.message m
+WHERE m.id = $1`
 
 	messageExists = `SELECT EXISTS (SELECT 1 FROM {schema}.message WHERE id = $1)`
 
@@ -454,7 +459,7 @@ type queries struct {
 	setMessageSize           string
 	insertChunk              string
 	selectChunk              string
-	selectMessageSize        string
+	selectMessageFirstChunk  string
 	messageExists            string
 	lockMessage              string
 	selectMessages           string
@@ -508,7 +513,7 @@ func newQueries(schema, channel string) queries {
 		setMessageSize:           expand(setMessageSize, schema),
 		insertChunk:              expand(insertChunk, schema),
 		selectChunk:              expand(selectChunk, schema),
-		selectMessageSize:        expand(selectMessageSize, schema),
+		selectMessageFirstChunk:  expand(selectMessageFirstChunk, schema),
 		messageExists:            expand(messageExists, schema),
 		lockMessage:              expand(lockMessage, schema),
 		selectMessages:           expand(selectMessages, schema),

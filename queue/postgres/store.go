@@ -436,21 +436,26 @@ func (s *Store) Delete(ctx context.Context, id queue.ID) error {
 
 // OpenBody streams the stored body of a message one chunk at a time, each
 // chunk read by its own short query (no transaction stays open while the
-// body is sent). It returns queue.ErrNotFound for an unknown message; a
-// message deleted while it is read makes Read fail, never end early.
+// body is sent); the query that finds the message reads the first chunk
+// with it, so a body of one chunk costs one round trip. It returns
+// queue.ErrNotFound for an unknown message; a message deleted while it is
+// read makes Read fail, never end early.
 func (s *Store) OpenBody(ctx context.Context, id queue.ID) (io.ReadCloser, error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	var size int64
-	err := s.pool.QueryRow(ctx, s.q.selectMessageSize, string(id)).Scan(&size)
+	b := &bodyReader{ctx: ctx, s: s, id: string(id)}
+	err := s.pool.QueryRow(ctx, s.q.selectMessageFirstChunk, string(id)).Scan(&b.size, &b.chunk)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, queue.ErrNotFound
 	}
 	if err != nil {
 		return nil, s.fail("open body", err)
 	}
-	return &bodyReader{ctx: ctx, s: s, id: string(id), size: size}, nil
+	if b.chunk != nil {
+		b.seq = 1
+	}
+	return b, nil
 }
 
 // bodyReader reads message_chunk rows in order.
