@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/outboundmail/outbound/queue"
@@ -29,13 +30,16 @@ type candidate struct {
 	probe       bool
 }
 
-// Claim leases due work; see queue.Store.Claim for the contract. In one
-// short transaction it
+// Claim leases due work; see queue.Store.Claim for the contract. It
 //
 //  1. picks candidate (message, destination) pairs without locking, walking
 //     the destinations that may be contacted and are not excluded (index
 //     range per destination: a blocked destination costs one probe however
-//     much mail waits for it);
+//     much mail waits for it); when there are none, that one query is all
+//     Claim costs;
+//
+// and then, in one short transaction,
+//
 //  2. locks them with FOR UPDATE SKIP LOCKED, so that concurrent claimers on
 //     any node skip each other's pairs instead of waiting or double-leasing;
 //  3. locks the destinations it probes (SKIP LOCKED again: one winner);
@@ -58,9 +62,9 @@ func (s *Store) Claim(ctx context.Context, p queue.ClaimParams) ([]*queue.Lease,
 	limit := max(p.Limit, 1)
 	until := p.Now.Add(p.LeaseFor).Truncate(time.Microsecond) // as stored
 	var leases []*queue.Lease
-	err := s.inTx(ctx, 3, func(tx pgx.Tx) error {
+	err := s.pipeTx(ctx, 3, func(c *pgxpool.Conn) error {
 		var err error
-		leases, err = s.claim(ctx, tx, p, limit, until)
+		leases, err = s.claim(ctx, c, p, limit, until)
 		return err
 	})
 	if err != nil {
@@ -69,15 +73,16 @@ func (s *Store) Claim(ctx context.Context, p queue.ClaimParams) ([]*queue.Lease,
 	return leases, nil
 }
 
-// claim is one attempt at Claim inside tx.
-func (s *Store) claim(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, limit int, until time.Time) ([]*queue.Lease, error) {
-	locked, probing, err := s.lockDue(ctx, tx, p, limit)
+// claim is one attempt at Claim on c, which begins a transaction once it
+// has candidates to lock (see pipeTx).
+func (s *Store) claim(ctx context.Context, c *pgxpool.Conn, p queue.ClaimParams, limit int, until time.Time) ([]*queue.Lease, error) {
+	locked, tids, probing, err := s.lockDue(ctx, c, p, limit)
 	if err != nil || len(locked) == 0 {
 		return nil, err
 	}
 
 	msgs, dests := columns(locked, func(pr pair) pair { return pr })
-	rows, err := tx.Query(ctx, s.q.claimRecipients, msgs, dests, p.Now, until, p.Owner)
+	rows, err := c.Query(ctx, s.q.claimRecipients, msgs, dests, p.Now, until, p.Owner)
 	if err != nil {
 		return nil, err
 	}
@@ -113,12 +118,16 @@ func (s *Store) claim(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, limit
 
 	var loaded []*queue.Message
 	b := new(pgx.Batch)
-	b.Queue(s.q.refreshDeliveries, msgs, dests)
+	lockedTIDs := make([]pgtype.TID, len(locked))
+	for i, pr := range locked {
+		lockedTIDs[i] = tids[pr]
+	}
+	b.Queue(s.q.refreshDeliveries, lockedTIDs)
 	if len(probed) > 0 {
 		b.Queue(s.q.startProbes, probed, until)
 	}
 	queueLoad(b, &s.q, ids, &loaded)
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+	if err := c.SendBatch(ctx, b).Close(); err != nil {
 		return nil, err
 	}
 	byID := make(map[string]*queue.Message, len(loaded))
@@ -136,27 +145,28 @@ func (s *Store) claim(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, limit
 }
 
 // lockDue chooses and locks up to limit due pairs, oldest first, and the
-// destinations among them it probes. Candidates are read without locks;
-// when all of them turn out to be locked by concurrent claimers, it looks
-// further down the queue (up to three times, each four times deeper), so
-// that a busy cluster does not leave a claimer empty-handed while work is
-// due.
-func (s *Store) lockDue(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, limit int) ([]pair, map[string]bool, error) {
+// destinations among them it probes; tids are the locked pairs' ctids.
+// Candidates are read without locks, before the transaction begins: when
+// there are none, no transaction is begun. When all of them turn out to be
+// locked by concurrent claimers, it looks further down the queue (up to
+// three times, each four times deeper), so that a busy cluster does not
+// leave a claimer empty-handed while work is due.
+func (s *Store) lockDue(ctx context.Context, c *pgxpool.Conn, p queue.ClaimParams, limit int) (locked []pair, tids map[pair]pgtype.TID, probing map[string]bool, err error) {
 	fetch := 2*limit + 8
 	excluded := p.ExcludeDestinations
 	if excluded == nil {
 		excluded = []string{} // NULL would exclude everything
 	}
+	begun := false
 	for round := 1; ; round++ {
 		var rows pgx.Rows
-		var err error
 		if p.Message != "" {
-			rows, err = tx.Query(ctx, s.q.claimMessageCandidates, p.Now, fetch, nullTime(p.ExpireArrivedBefore), excluded, string(p.Message))
+			rows, err = c.Query(ctx, s.q.claimMessageCandidates, p.Now, fetch, nullTime(p.ExpireArrivedBefore), excluded, string(p.Message))
 		} else {
-			rows, err = tx.Query(ctx, s.q.claimCandidates, p.Now, fetch, nullTime(p.ExpireArrivedBefore), excluded)
+			rows, err = c.Query(ctx, s.q.claimCandidates, p.Now, fetch, nullTime(p.ExpireArrivedBefore), excluded)
 		}
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (candidate, error) {
 			var c candidate
@@ -164,27 +174,34 @@ func (s *Store) lockDue(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, lim
 			return c, err
 		})
 		if err != nil || len(cands) == 0 {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		msgs, dests := columns(cands, func(c candidate) pair { return c.pair })
-		rows, err = tx.Query(ctx, s.q.lockDeliveries, msgs, dests, p.Now, limit)
-		if err != nil {
-			return nil, nil, err
+		b := new(pgx.Batch)
+		if !begun {
+			b = beginBatch()
+			begun = true
 		}
-		locked, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (pair, error) {
+		locked, tids = nil, make(map[pair]pgtype.TID)
+		b.Queue(s.q.lockDeliveries, msgs, dests, p.Now, limit).Query(func(rows pgx.Rows) error {
 			var pr pair
-			err := row.Scan(&pr.message, &pr.destination)
-			return pr, err
+			var tid pgtype.TID
+			_, err := pgx.ForEachRow(rows, []any{&pr.message, &pr.destination, &tid}, func() error {
+				locked = append(locked, pr)
+				tids[pr] = tid
+				return nil
+			})
+			return err
 		})
-		if err != nil {
-			return nil, nil, err
+		if err := c.SendBatch(ctx, b).Close(); err != nil {
+			return nil, nil, nil, err
 		}
-		probing, err := s.lockProbes(ctx, tx, p.Now, cands, &locked)
+		probing, err := s.lockProbes(ctx, c, p.Now, cands, &locked)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if len(locked) > 0 || len(cands) < fetch || round == 3 {
-			return locked, probing, nil
+			return locked, tids, probing, nil
 		}
 		fetch *= 4
 	}
@@ -193,7 +210,7 @@ func (s *Store) lockDue(ctx context.Context, tx pgx.Tx, p queue.ClaimParams, lim
 // lockProbes locks the status rows of the failing destinations among
 // locked, and drops from locked the pairs at failing destinations another
 // claimer is probing. It returns the destinations this claim probes.
-func (s *Store) lockProbes(ctx context.Context, tx pgx.Tx, now time.Time, cands []candidate, locked *[]pair) (map[string]bool, error) {
+func (s *Store) lockProbes(ctx context.Context, c *pgxpool.Conn, now time.Time, cands []candidate, locked *[]pair) (map[string]bool, error) {
 	probing := make(map[string]bool) // failing destination → this claim won its probe
 	for _, c := range cands {
 		if c.probe {
@@ -209,7 +226,7 @@ func (s *Store) lockProbes(ctx context.Context, tx pgx.Tx, now time.Time, cands 
 	if len(names) == 0 {
 		return probing, nil
 	}
-	rows, err := tx.Query(ctx, s.q.lockProbes, names, now)
+	rows, err := c.Query(ctx, s.q.lockProbes, names, now)
 	if err != nil {
 		return nil, err
 	}

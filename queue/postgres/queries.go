@@ -124,37 +124,60 @@ INSERT INTO {schema}.recipient
      next_attempt, last_attempt, last_result, delay_warned, possible_duplicate)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`
 
+	// selectRecipients reads the recipients of the messages $1 (which may
+	// name one twice) message by message through the primary key (OFFSET 0 keeps the planner from
+	// turning it into a scan of the table, which it would when the table
+	// has no statistics yet).
 	selectRecipients = `
-SELECT message_id, address, destination, notify, orcpt, state, attempts,
-       next_attempt, last_attempt, last_result, delay_warned, possible_duplicate
-FROM {schema}.recipient
-WHERE message_id = ANY($1)
-ORDER BY message_id, idx`
+SELECT r.message_id, r.address, r.destination, r.notify, r.orcpt, r.state, r.attempts,
+       r.next_attempt, r.last_attempt, r.last_result, r.delay_warned, r.possible_duplicate
+FROM (SELECT DISTINCT unnest($1::text[])) AS m (id)
+CROSS JOIN LATERAL (
+    SELECT * FROM {schema}.recipient r WHERE r.message_id = m.id OFFSET 0
+) r
+ORDER BY r.message_id, r.idx`
 
 	// claimRecipients leases the due recipients of each locked (message,
 	// destination) pair: one fresh fencing token per pair, the attempt
 	// counted, and next_attempt pushed to the end of the lease, all before
 	// the worker opens a connection. If the worker dies, the recipients are
 	// due again at the end of the lease, never at once.
+	//
+	// The recipients are found pair by pair through the primary key (a
+	// LATERAL subquery that OFFSET 0 keeps from being flattened into a
+	// join) and updated by ctid, whatever the planner believes about the
+	// table: a fresh or bloated table without statistics would otherwise
+	// get a sequential scan joined to every pair. The ctids are stable:
+	// every change to these recipients locks their pair first, as Claim
+	// has.
 	claimRecipients = `
 WITH lease AS MATERIALIZED (
     SELECT g.message_id, g.destination, nextval('{schema}.lease_token') AS token
     FROM unnest($1::text[], $2::text[]) AS g (message_id, destination)
+), due AS MATERIALIZED (
+    SELECT d.tid, lease.token
+    FROM lease
+    CROSS JOIN LATERAL (
+        SELECT r.ctid AS tid
+        FROM {schema}.recipient r
+        WHERE r.message_id = lease.message_id
+          AND r.destination = lease.destination
+          AND r.state IN ('queued', 'deferred')
+          AND r.next_attempt <= $3
+          AND (r.lease_until IS NULL OR r.lease_until <= $3)
+        OFFSET 0
+    ) d
 )
 UPDATE {schema}.recipient r
 SET attempts = r.attempts + 1,
     last_attempt = $3,
     next_attempt = $4,
-    lease_token = lease.token,
+    lease_token = due.token,
     lease_owner = $5,
     lease_until = $4
-FROM lease
-WHERE r.message_id = lease.message_id
-  AND r.destination = lease.destination
-  AND r.state IN ('queued', 'deferred')
-  AND r.next_attempt <= $3
-  AND (r.lease_until IS NULL OR r.lease_until <= $3)
-RETURNING r.message_id, r.destination, r.idx, r.address, lease.token`
+FROM due
+WHERE r.ctid = due.tid
+RETURNING r.message_id, r.destination, r.idx, r.address, due.token`
 
 	// countLeased is Finish's fencing check: the lease is current only if
 	// every recipient it covers still carries its token.
@@ -217,17 +240,25 @@ SELECT $1, d.destination, $2, d.next_attempt
 FROM unnest($3::text[], $4::timestamptz[]) AS d (destination, next_attempt)`
 
 	// lockDeliveries locks up to $4 of the candidate pairs that are still
-	// due, oldest first, skipping those another transaction holds:
-	// concurrent claimers never wait for each other and never lease the
-	// same recipient twice.
+	// due, in the order of the arrays (oldest first), skipping those
+	// another transaction holds: concurrent claimers never wait for each
+	// other and never lease the same recipient twice. Each pair is read
+	// through the primary key by a LATERAL subquery that locks it; the
+	// nested loop over unnest keeps the arrays' order, and LIMIT stops it
+	// after $4 rows, so no more than $4 pairs are locked. It returns their
+	// ctids, stable while they are locked, for refreshDeliveries.
 	lockDeliveries = `
-SELECT message_id, destination
-FROM {schema}.delivery
-WHERE (message_id, destination) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-  AND next_attempt <= $3
-ORDER BY next_attempt, message_id, destination
-LIMIT $4
-FOR UPDATE SKIP LOCKED`
+SELECT dl.message_id, dl.destination, dl.ctid
+FROM unnest($1::text[], $2::text[]) AS c (message_id, destination)
+CROSS JOIN LATERAL (
+    SELECT dl.message_id, dl.destination, dl.ctid
+    FROM {schema}.delivery dl
+    WHERE dl.message_id = c.message_id
+      AND dl.destination = c.destination
+      AND dl.next_attempt <= $3
+    FOR UPDATE SKIP LOCKED
+) dl
+LIMIT $4`
 
 	// lockMessageDeliveries locks all pairs of a message, in a fixed order,
 	// before an operator action changes its recipients (see "Lock order").
@@ -242,9 +273,10 @@ SELECT destination FROM {schema}.delivery
 WHERE message_id = $1 AND destination = $2
 FOR UPDATE`
 
-	// refreshDeliveries recomputes next_attempt of the given pairs from
-	// their waiting recipients: a leased recipient is due when both its
-	// next_attempt and its lease have passed.
+	// refreshDeliveries recomputes next_attempt of the pairs with ctids $1
+	// (locked by this transaction, see lockDeliveries) from their waiting
+	// recipients: a leased recipient is due when both its next_attempt and
+	// its lease have passed.
 	refreshDeliveries = `
 UPDATE {schema}.delivery dl
 SET next_attempt = (
@@ -253,7 +285,7 @@ SET next_attempt = (
     WHERE r.message_id = dl.message_id
       AND r.destination = dl.destination
       AND r.state IN ('queued', 'deferred'))
-WHERE (dl.message_id, dl.destination) IN (SELECT * FROM unnest($1::text[], $2::text[]))`
+WHERE dl.ctid = ANY ($1::tid[])`
 
 	// refreshDelivery is refreshDeliveries for one pair, read through the
 	// primary key whatever the planner knows of the table.

@@ -218,10 +218,11 @@ func (e *commitError) Unwrap() error { return e.err }
 // pipeTx runs fn in a transaction on one pooled connection and commits,
 // like inTx, but without a round trip for BEGIN: fn's first batch comes
 // from beginBatch, so that a transaction whose statements fit in one batch
-// costs two round trips (the batch, then COMMIT) instead of four. If fn
-// fails, the transaction is rolled back (a connection that cannot do that
-// is closed by the pool). A failed COMMIT is returned as a *commitError and
-// never retried.
+// costs two round trips (the batch, then COMMIT) instead of four. fn may
+// read before it begins, and need not begin at all: then there is nothing
+// to commit. If fn fails, the transaction is rolled back (a connection that
+// cannot do that is closed by the pool). A failed COMMIT is returned as a
+// *commitError and never retried.
 func (s *Store) pipeTx(ctx context.Context, attempts int, fn func(*pgxpool.Conn) error) error {
 	for attempt := 1; ; attempt++ {
 		err := s.pipeTxOnce(ctx, fn)
@@ -238,12 +239,14 @@ func (s *Store) pipeTxOnce(ctx context.Context, fn func(*pgxpool.Conn) error) er
 		return err
 	}
 	defer c.Release()
-	if err := fn(c); err != nil {
-		if c.Conn().PgConn().TxStatus() != 'I' {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			c.Exec(rctx, "ROLLBACK") //nolint:errcheck // if it fails, Release closes the connection
-		}
+	err = fn(c)
+	if c.Conn().PgConn().TxStatus() == 'I' {
+		return err // fn began nothing (it failed first, or had nothing to do)
+	}
+	if err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		c.Exec(rctx, "ROLLBACK") //nolint:errcheck // if it fails, Release closes the connection
 		return err
 	}
 	tag, err := c.Exec(ctx, "COMMIT")
