@@ -373,13 +373,10 @@ func (s *Store) finish(ctx context.Context, c *pgxpool.Conn, p queue.FinishParam
 			final = false
 		}
 	}
-	b.Queue(s.q.endLease, id, l.Token)
-	if final {
-		// First, so that a message that is done is deleted (its pair with
-		// it) instead of updated and then deleted.
-		b.Queue(s.q.deleteMessageIfFinal, id)
+	if !namesAll(p.Recipients, l.Recipients) {
+		b.Queue(s.q.endLease, id, l.Token)
 	}
-	b.Queue(s.q.refreshDelivery, id, l.Destination)
+	b.Queue(s.q.finishPair, id, l.Destination, final)
 	type notification struct {
 		m    *queue.Message
 		body *chunkSource
@@ -431,6 +428,24 @@ func (s *Store) finish(ctx context.Context, c *pgxpool.Conn, p queue.FinishParam
 	b = new(pgx.Batch)
 	queueDests(b)
 	return c.SendBatch(ctx, b).Close()
+}
+
+// namesAll reports whether the updates name every address of leased, so
+// that no lease is left for endLease to end.
+func namesAll(updates []queue.RecipientUpdate, leased []string) bool {
+	if len(updates) < len(leased) {
+		return false
+	}
+	named := make(map[string]bool, len(updates))
+	for _, u := range updates {
+		named[u.Address] = true
+	}
+	for _, a := range leased {
+		if !named[a] {
+			return false
+		}
+	}
+	return true
 }
 
 // rewinder returns a function that seeks every notification body back to

@@ -94,22 +94,14 @@ LIMIT $5`
 
 	deleteMessage = `DELETE FROM {schema}.message WHERE id = $1`
 
-	// deleteMessageIfFinal removes a message once no recipient can change
-	// any more; chunks, recipients and deliveries go with it (CASCADE).
-	deleteMessageIfFinal = `
-DELETE FROM {schema}.message m
-WHERE m.id = $1
-  AND NOT EXISTS (
-        SELECT 1 FROM {schema}.recipient r
-        WHERE r.message_id = m.id AND r.state NOT IN ('delivered', 'failed', 'expired'))`
-
-	// wakeWorkers is notifyWork on its own after a commit, in a transaction
-	// that does not wait for the WAL flush: NOTIFY serialises the commits of
-	// all notifying transactions (a database-wide lock held through the
-	// flush), so a NOTIFY inside every enqueue would defeat group commit.
-	// Losing a wakeup in a crash is harmless: workers also poll. {channel}
-	// is the quoted channel name. Several statements: simple protocol.
-	wakeWorkers = `BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_notify({channel}, ''); COMMIT`
+	// wakeWorkers is notifyWork on its own after a commit, a transaction of
+	// one statement that does not wait for the WAL flush (set_config lasts
+	// until its commit): NOTIFY serialises the commits of all notifying
+	// transactions (a database-wide lock held through the flush), so a
+	// NOTIFY inside every enqueue would defeat group commit. Losing a
+	// wakeup in a crash is harmless: workers also poll. {channel} is the
+	// quoted channel name.
+	wakeWorkers = `SELECT pg_notify({channel}, ''), set_config('synchronous_commit', 'off', true)`
 
 	// notifyWork wakes listeners (Store.Wakeups) on every node. Inside a
 	// transaction it is delivered only if and when that commits.
@@ -287,9 +279,20 @@ SET next_attempt = (
       AND r.state IN ('queued', 'deferred'))
 WHERE dl.ctid = ANY ($1::tid[])`
 
-	// refreshDelivery is refreshDeliveries for one pair, read through the
-	// primary key whatever the planner knows of the table.
-	refreshDelivery = `
+	// finishPair ends Finish: it deletes message $1 once no recipient can
+	// change any more (only tried when $3: no recipient was just deferred),
+	// its chunks, recipients and pairs with it (CASCADE); otherwise it
+	// recomputes pair ($1, $2) like refreshDeliveries. The cascade runs at the
+	// end of the statement, after the UPDATE, which then has nothing to do.
+	finishPair = `
+WITH gone AS (
+    DELETE FROM {schema}.message m
+    WHERE $3 AND m.id = $1
+      AND NOT EXISTS (
+            SELECT 1 FROM {schema}.recipient r
+            WHERE r.message_id = m.id AND r.state NOT IN ('delivered', 'failed', 'expired'))
+    RETURNING m.id
+)
 UPDATE {schema}.delivery dl
 SET next_attempt = (
     SELECT min(GREATEST(r.next_attempt, r.lease_until))
@@ -297,7 +300,8 @@ SET next_attempt = (
     WHERE r.message_id = dl.message_id
       AND r.destination = dl.destination
       AND r.state IN ('queued', 'deferred'))
-WHERE dl.message_id = $1 AND dl.destination = $2`
+WHERE dl.message_id = $1 AND dl.destination = $2
+  AND NOT EXISTS (SELECT 1 FROM gone)`
 
 	// refreshMessageDeliveries is refreshDeliveries for every pair of one
 	// message.
@@ -435,12 +439,22 @@ WHERE name = ANY($1) AND next_allowed > $2`
 )
 
 // destination_slot.
+//
+// Slot statements commit without waiting for the WAL to reach the disk:
+// each is a transaction of its own, and set_config(..., true) in RETURNING,
+// evaluated for every row written, turns synchronous_commit off until its
+// commit. Slot leases must be visible to other nodes at once, which an
+// asynchronous commit is, but need not survive a crash of the database
+// server: one lost there frees a slot early or holds it until its term
+// ends, for one session. This spares every attempt two waits for the disk,
+// and the BEGIN, SET LOCAL and COMMIT statements around each.
 const (
 	// createSlots makes sure slots 0..$2-1 of a destination exist.
 	createSlots = `
 INSERT INTO {schema}.destination_slot (destination, slot)
 SELECT $1, n FROM generate_series(0, $2 - 1) AS n
-ON CONFLICT (destination, slot) DO NOTHING`
+ON CONFLICT (destination, slot) DO NOTHING
+RETURNING set_config('synchronous_commit', 'off', true)`
 
 	// acquireSlot leases the lowest free slot below the limit.
 	acquireSlot = `
@@ -454,17 +468,19 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) free
 WHERE s.destination = free.destination AND s.slot = free.slot
-RETURNING s.slot, s.token`
+RETURNING s.slot, s.token, set_config('synchronous_commit', 'off', true)`
 
 	// renewSlot extends a slot lease, fenced by its token.
 	renewSlot = `
 UPDATE {schema}.destination_slot SET until = $4
-WHERE destination = $1 AND slot = $2 AND token = $3`
+WHERE destination = $1 AND slot = $2 AND token = $3
+RETURNING set_config('synchronous_commit', 'off', true)`
 
 	// releaseSlot ends a slot lease at $4, fenced by its token.
 	releaseSlot = `
 UPDATE {schema}.destination_slot SET until = $4, owner = NULL, token = NULL
-WHERE destination = $1 AND slot = $2 AND token = $3`
+WHERE destination = $1 AND slot = $2 AND token = $3
+RETURNING set_config('synchronous_commit', 'off', true)`
 
 	countSlots = `
 SELECT count(*) FROM {schema}.destination_slot
@@ -497,7 +513,6 @@ type queries struct {
 	selectMessages           string
 	listMessages             string
 	deleteMessage            string
-	deleteMessageIfFinal     string
 	notifyWork               string
 	insertRecipient          string
 	selectRecipients         string
@@ -513,7 +528,7 @@ type queries struct {
 	lockMessageDeliveries    string
 	lockDelivery             string
 	refreshDeliveries        string
-	refreshDelivery          string
+	finishPair               string
 	refreshMessageDeliveries string
 	claimCandidates          string
 	claimMessageCandidates   string
@@ -551,7 +566,6 @@ func newQueries(schema, channel string) queries {
 		selectMessages:           expand(selectMessages, schema),
 		listMessages:             expand(listMessages, schema),
 		deleteMessage:            expand(deleteMessage, schema),
-		deleteMessageIfFinal:     expand(deleteMessageIfFinal, schema),
 		notifyWork:               expand(notifyWork, schema),
 		insertRecipient:          expand(insertRecipient, schema),
 		selectRecipients:         expand(selectRecipients, schema),
@@ -567,7 +581,7 @@ func newQueries(schema, channel string) queries {
 		lockMessageDeliveries:    expand(lockMessageDeliveries, schema),
 		lockDelivery:             expand(lockDelivery, schema),
 		refreshDeliveries:        expand(refreshDeliveries, schema),
-		refreshDelivery:          expand(refreshDelivery, schema),
+		finishPair:               expand(finishPair, schema),
 		refreshMessageDeliveries: expand(refreshMessageDeliveries, schema),
 		claimCandidates:          expand(claimCandidates, schema),
 		claimMessageCandidates:   expand(claimMessageCandidates, schema),

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outboundmail/outbound/queue"
 )
@@ -60,11 +59,11 @@ type Slot = queue.Slot
 // so that a slot is not reused before P has passed since it was taken.
 //
 // Lowering Max takes effect as leases on the higher slots end. Slots are rows
-// of destination_slot, leased with FOR UPDATE SKIP LOCKED in one short
-// transaction sent in one round trip; no session lock pins a connection.
-// The rows of a destination are created the first time an acquisition finds
-// fewer than Max of them, not on every call. Acquisitions and releases
-// commit without waiting for the disk (see slotTx).
+// of destination_slot, leased with FOR UPDATE SKIP LOCKED by one statement,
+// its own transaction; no session lock pins a connection. The rows of a
+// destination are created the first time an acquisition finds fewer than
+// Max of them, not on every call. Slot changes commit without waiting for
+// the disk (see the queries).
 func (s *Store) AcquireSlot(ctx context.Context, p SlotParams) (*Slot, error) {
 	if err := s.check(); err != nil {
 		return nil, err
@@ -77,12 +76,8 @@ func (s *Store) AcquireSlot(ctx context.Context, p SlotParams) (*Slot, error) {
 	}
 	slot := &Slot{Destination: p.Destination, Owner: p.Owner, Until: p.Until.Truncate(time.Microsecond)}
 	for created := false; ; created = true {
-		b := slotTx()
-		b.Queue(s.q.acquireSlot, p.Destination, p.Max, p.Owner, p.Now, slot.Until).QueryRow(func(row pgx.Row) error {
-			return row.Scan(&slot.Number, &slot.Token)
-		})
-		b.Queue("COMMIT")
-		err := s.pool.SendBatch(ctx, b).Close()
+		err := s.pool.QueryRow(ctx, s.q.acquireSlot, p.Destination, p.Max, p.Owner, p.Now, slot.Until).
+			Scan(&slot.Number, &slot.Token, nil)
 		if err == nil {
 			return slot, nil
 		}
@@ -96,10 +91,7 @@ func (s *Store) AcquireSlot(ctx context.Context, p SlotParams) (*Slot, error) {
 		// Some of the Max slots have no row yet. Rows another transaction
 		// is creating are invisible until it commits; the INSERT waits for
 		// it, so the second try sees them.
-		b = slotTx()
-		b.Queue(s.q.createSlots, p.Destination, p.Max)
-		b.Queue("COMMIT")
-		if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		if _, err := s.pool.Exec(ctx, s.q.createSlots, p.Destination, p.Max); err != nil {
 			return nil, s.fail("acquire slot: create slots", err)
 		}
 	}
@@ -130,36 +122,15 @@ func (s *Store) ReleaseSlot(ctx context.Context, slot *Slot, until time.Time) er
 	if err := s.check(); err != nil {
 		return err
 	}
-	released := false
-	b := slotTx()
-	b.Queue(s.q.releaseSlot, slot.Destination, slot.Number, slot.Token, until).Exec(func(tag pgconn.CommandTag) error {
-		released = tag.RowsAffected() > 0
-		return nil
-	})
-	b.Queue("COMMIT")
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+	tag, err := s.pool.Exec(ctx, s.q.releaseSlot, slot.Destination, slot.Number, slot.Token, until)
+	if err != nil {
 		return s.fail("release slot", err)
 	}
-	if !released {
+	if tag.RowsAffected() == 0 {
 		return ErrSlotLost
 	}
 	s.wakeWorkers()
 	return nil
-}
-
-// slotTx returns a batch that opens a transaction whose commit does not wait
-// for the WAL to reach the disk; the caller queues its statements and
-// COMMIT, and sends it all in one round trip. Slot leases must be visible to
-// other nodes at once, which an asynchronous commit is, but need not survive
-// a crash of the database server: one lost there frees a slot early or
-// holds it until its term ends, for one session. This spares every attempt
-// two waits for the disk. If a statement fails, the connection is left in a
-// failed transaction, and the pool discards it.
-func slotTx() *pgx.Batch {
-	b := new(pgx.Batch)
-	b.Queue("BEGIN")
-	b.Queue("SET LOCAL synchronous_commit = off")
-	return b
 }
 
 // SlotsInUse returns how many slots of a destination are leased beyond now.
