@@ -388,7 +388,7 @@ func (s *Store) finish(ctx context.Context, c *pgxpool.Conn, p queue.FinishParam
 			return err
 		}
 		defer s.putChunkBuffer(body.buf)
-		if !oneBatch(np.Message, body) {
+		if !oneStatement(np.Message, body) {
 			large = append(large, notification{np.Message, body})
 			continue
 		}

@@ -2,14 +2,14 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/outboundmail/outbound/queue"
 )
@@ -17,8 +17,7 @@ import (
 // Enqueue durably stores a new message, its body and its recipients in one
 // transaction, and then wakes listening workers (see Wakeups). A message
 // without an idempotency key whose body fits in one chunk (most of them)
-// costs two round trips: every statement from BEGIN on in one pipelined
-// batch, then COMMIT.
+// is stored by one statement, a transaction by itself: one round trip.
 //
 // If the COMMIT fails in a way that leaves its outcome unknown (the
 // connection broke), Enqueue looks for the message by ID before reporting
@@ -34,15 +33,19 @@ func (s *Store) Enqueue(ctx context.Context, p queue.EnqueueParams) (queue.ID, e
 	}
 	defer s.putChunkBuffer(body.buf)
 	m := p.Message
-	if oneBatch(m, body) {
-		b := beginBatch()
-		if err := s.queueMessage(b, m, body); err != nil {
+	if oneStatement(m, body) {
+		args, err := storeArgs(m, body)
+		if err != nil {
 			return "", err
 		}
-		err := s.pipeTx(ctx, 1, func(c *pgxpool.Conn) error { return c.SendBatch(ctx, b).Close() })
-		var ce *commitError
-		if err != nil && (!errors.As(err, &ce) || !s.committed(ctx, m.ID)) {
-			return "", s.fail("enqueue "+string(m.ID), err)
+		if _, err := s.pool.Exec(ctx, s.q.storeMessage, args...); err != nil {
+			// A server error means the statement, and with it the
+			// transaction, failed; a broken connection leaves the
+			// outcome unknown.
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) || !s.committed(ctx, m.ID) {
+				return "", s.fail("enqueue "+string(m.ID), err)
+			}
 		}
 		s.wakeWorkers()
 		return m.ID, nil
@@ -129,30 +132,40 @@ func (s *Store) openChunks(p queue.EnqueueParams) (*chunkSource, error) {
 	return body, nil
 }
 
-// oneBatch reports whether m can be stored by the statements of
-// queueMessage alone: no idempotency key to look up first, and a body read
-// to its end in its first chunk, so no COPY.
-func oneBatch(m *queue.Message, body *chunkSource) bool {
+// oneStatement reports whether m can be stored by storeMessage alone: no
+// idempotency key to look up first, and a body read to its end in its
+// first chunk, so no COPY.
+func oneStatement(m *queue.Message, body *chunkSource) bool {
 	return m.IdempotencyKey == "" && body.done
 }
 
-// queueMessage adds to b the statements that store m, whose whole body is
-// body's first chunk (see oneBatch).
-func (s *Store) queueMessage(b *pgx.Batch, m *queue.Message, body *chunkSource) error {
-	id := string(m.ID)
-	b.Queue(s.q.insertMessageNoKey, id, m.From, m.Arrived, int64(len(body.data)),
-		m.EightBit, m.Return, m.EnvelopeID, m.RequireTLS)
+// storeArgs returns the arguments of storeMessage for m, whose whole body
+// is body's first chunk (see oneStatement).
+func storeArgs(m *queue.Message, body *chunkSource) ([]any, error) {
+	var data []byte // nil: NULL, no chunk
 	if len(body.data) > 0 {
-		b.Queue(s.q.insertChunk, id, 0, body.data)
+		data = body.data
 	}
-	return s.queueRecipients(b, m)
+	args := []any{string(m.ID), m.From, m.Arrived, int64(len(body.data)),
+		m.EightBit, m.Return, m.EnvelopeID, m.RequireTLS, data}
+	return appendRecipientArgs(args, m)
+}
+
+// queueMessage adds storeMessage for m to b (see oneStatement).
+func (s *Store) queueMessage(b *pgx.Batch, m *queue.Message, body *chunkSource) error {
+	args, err := storeArgs(m, body)
+	if err != nil {
+		return err
+	}
+	b.Queue(s.q.storeMessage, args...)
+	return nil
 }
 
 // enqueue does the work of Enqueue inside tx, with a NOTIFY in tx if
 // notify is set; body has its first chunk read. inserted is false when an
 // existing message with the same idempotency key was found instead.
 func (s *Store) enqueue(ctx context.Context, tx txConn, m *queue.Message, body *chunkSource, notify bool) (id queue.ID, inserted bool, err error) {
-	if oneBatch(m, body) {
+	if oneStatement(m, body) {
 		b := new(pgx.Batch)
 		if err := s.queueMessage(b, m, body); err != nil {
 			return "", false, err
@@ -202,9 +215,11 @@ func (s *Store) enqueue(ctx context.Context, tx txConn, m *queue.Message, body *
 	case len(body.data) > 0:
 		b.Queue(s.q.insertChunk, string(m.ID), 0, body.data)
 	}
-	if err := s.queueRecipients(b, m); err != nil {
+	args, err := appendRecipientArgs([]any{string(m.ID), m.Arrived}, m)
+	if err != nil {
 		return "", false, err
 	}
+	b.Queue(s.q.insertRecipients, args...)
 	if notify {
 		b.Queue(s.q.notifyWork, s.channel)
 	}
@@ -240,35 +255,60 @@ func (s *Store) putChunkBuffer(b []byte) {
 	}
 }
 
-// queueRecipients adds to b the INSERT of each recipient of m, then that
-// of its (message, destination) pairs, each due when its earliest waiting
-// recipient is.
-func (s *Store) queueRecipients(b *pgx.Batch, m *queue.Message) error {
+// appendRecipientArgs appends to args the arrays of storeRecipients for
+// m: one element per recipient, then the message's pairs, each due when
+// its earliest waiting recipient is.
+func appendRecipientArgs(args []any, m *queue.Message) ([]any, error) {
+	n := len(m.Recipients)
 	var (
-		dests []string
-		due   []*time.Time // nil: no recipient waits there
+		addresses, dests, orcpts, states = make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		notify, results                  = make([]*string, n), make([]*string, n)
+		attempts                         = make([]int32, n)
+		next, last                       = make([]time.Time, n), make([]*time.Time, n)
+		warned, dup                      = make([]bool, n), make([]bool, n)
+
+		pairDests []string
+		pairDue   []*time.Time // nil: no recipient waits there
+		pairIndex = make(map[string]int)
 	)
-	for i, r := range m.Recipients {
+	for i := range m.Recipients {
+		r := &m.Recipients[i]
 		result, err := encodeOutcome(r.LastResult)
 		if err != nil {
-			return fmt.Errorf("postgres: enqueue %s: %w", m.ID, err)
+			return nil, fmt.Errorf("postgres: enqueue %s: %w", m.ID, err)
 		}
-		b.Queue(s.q.insertRecipient, string(m.ID), i, r.Address, r.Destination, r.Notify, r.ORCPT,
-			r.State.String(), r.Attempts, r.NextAttempt, nullTime(r.LastAttempt), result,
-			r.DelayWarned, r.PossibleDuplicate)
-		j := slices.Index(dests, r.Destination)
-		if j < 0 {
-			dests, due = append(dests, r.Destination), append(due, nil)
-			j = len(dests) - 1
+		if result != nil {
+			results[i] = new(string)
+			*results[i] = string(result)
+		}
+		if r.Notify != nil {
+			b, err := json.Marshal(r.Notify)
+			if err != nil {
+				return nil, fmt.Errorf("postgres: enqueue %s: %w", m.ID, err)
+			}
+			notify[i] = new(string)
+			*notify[i] = string(b)
+		}
+		if !r.LastAttempt.IsZero() {
+			last[i] = &r.LastAttempt
+		}
+		addresses[i], dests[i], orcpts[i], states[i] = r.Address, r.Destination, r.ORCPT, r.State.String()
+		attempts[i], next[i], warned[i], dup[i] = int32(r.Attempts), r.NextAttempt, r.DelayWarned, r.PossibleDuplicate
+
+		j, ok := pairIndex[r.Destination]
+		if !ok {
+			j = len(pairDests)
+			pairIndex[r.Destination] = j
+			pairDests, pairDue = append(pairDests, r.Destination), append(pairDue, nil)
 		}
 		if r.State == queue.Queued || r.State == queue.Deferred {
-			if due[j] == nil || r.NextAttempt.Before(*due[j]) {
-				due[j] = &r.NextAttempt
+			if pairDue[j] == nil || r.NextAttempt.Before(*pairDue[j]) {
+				pairDue[j] = &r.NextAttempt
 			}
 		}
 	}
-	b.Queue(s.q.insertDeliveries, string(m.ID), m.Arrived, dests, due)
-	return nil
+	return append(args, addresses, dests, notify, orcpts, states, attempts, next, last, results, warned, dup,
+		pairDests, pairDue), nil
 }
 
 // chunkSource reads a body in chunks of len(buf) octets; it is the

@@ -19,10 +19,10 @@ import (
 )
 
 // commitCutter is a TCP proxy in front of PostgreSQL that, once armed,
-// lets the next COMMIT reach the server, waits for the server's answer (so
-// the transaction is committed), and then drops the client's connection
-// without passing the answer on: the client cannot know whether its commit
-// happened.
+// lets the next transaction that executes a statement run to its end on the
+// server (a COMMIT, or a statement that is a transaction by itself), and
+// then drops the client's connection instead of passing on the server's
+// answer: the client cannot know whether its commit happened.
 type commitCutter struct {
 	ln     net.Listener
 	target string
@@ -57,35 +57,30 @@ func (c *commitCutter) accept() {
 	}
 }
 
-// relay copies server → client as is and client → server message by
-// message (PostgreSQL frontend protocol: a startup packet without a type
-// byte, then type byte + int32 length + body).
+// relay copies messages between client and server (PostgreSQL protocol:
+// the client's startup packet has no type byte; every other message is a
+// type byte, an int32 length and a body). Once the armed proxy has seen
+// this client execute something (Execute, or a simple Query), the server's
+// next ReadyForQuery that reports no transaction open ('I') means the
+// transaction has ended there, committed: that answer is dropped, and both
+// connections with it.
 func (c *commitCutter) relay(client, server net.Conn) {
 	defer client.Close()
 	defer server.Close()
-	var (
-		mu     sync.Mutex // guards cutting against the server → client copy
-		cutNow bool
-		answer = make(chan struct{}, 1)
-	)
+	var executing atomic.Bool // this client's transaction is the one to cut
 	go func() {
-		buf := make([]byte, 32<<10)
+		defer client.Close()
+		defer server.Close()
 		for {
-			n, err := server.Read(buf)
-			mu.Lock()
-			if cutNow {
-				answer <- struct{}{}
-				mu.Unlock()
+			head, body, err := readMessage(server)
+			if err != nil {
 				return
 			}
-			mu.Unlock()
-			if n > 0 {
-				if _, werr := client.Write(buf[:n]); werr != nil {
-					return
-				}
+			if head[0] == 'Z' && bytes.Equal(body, []byte{'I'}) && executing.Load() {
+				c.cut.Add(1)
+				return // the answer is never relayed
 			}
-			if err != nil {
-				client.Close()
+			if _, err := client.Write(append(head[:], body...)); err != nil {
 				return
 			}
 		}
@@ -102,30 +97,27 @@ func (c *commitCutter) relay(client, server net.Conn) {
 		return
 	}
 	for {
-		var head [5]byte
-		if _, err := io.ReadFull(client, head[:]); err != nil {
+		head, body, err := readMessage(client)
+		if err != nil {
 			return
 		}
-		body := make([]byte, binary.BigEndian.Uint32(head[1:])-4)
-		if _, err := io.ReadFull(client, body); err != nil {
-			return
-		}
-		isCommit := head[0] == 'Q' && bytes.EqualFold(bytes.TrimRight(body, "\x00"), []byte("commit"))
-		if isCommit && c.armed.CompareAndSwap(true, false) {
-			mu.Lock()
-			cutNow = true
-			mu.Unlock()
-			if _, err := server.Write(append(head[:], body...)); err != nil {
-				return
-			}
-			<-answer // the server has committed and answered
-			c.cut.Add(1)
-			return // closes both connections; the answer is never relayed
+		if (head[0] == 'E' || head[0] == 'Q') && c.armed.CompareAndSwap(true, false) {
+			executing.Store(true)
 		}
 		if _, err := server.Write(append(head[:], body...)); err != nil {
 			return
 		}
 	}
+}
+
+// readMessage reads one typed protocol message.
+func readMessage(r io.Reader) (head [5]byte, body []byte, err error) {
+	if _, err := io.ReadFull(r, head[:]); err != nil {
+		return head, nil, err
+	}
+	body = make([]byte, binary.BigEndian.Uint32(head[1:])-4)
+	_, err = io.ReadFull(r, body)
+	return head, body, err
 }
 
 // TestEnqueue_CommitOutcomeUnknown: when the connection breaks after the

@@ -1,6 +1,9 @@
 package postgres
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // The SQL of the store, one statement per constant, grouped by table.
 // {schema} stands for the quoted schema name (see expand). Every time that
@@ -44,13 +47,6 @@ INSERT INTO {schema}.message
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id`
-
-	// insertMessageNoKey is insertMessage for a message without an
-	// idempotency key: nothing to conflict with.
-	insertMessageNoKey = `
-INSERT INTO {schema}.message
-    (id, sender, arrived, size, eight_bit, ret, envelope_id, require_tls)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
 
 	selectIDByIdempotencyKey = `SELECT id FROM {schema}.message WHERE idempotency_key = $1`
 
@@ -108,14 +104,70 @@ LIMIT $5`
 	notifyWork = `SELECT pg_notify($1, '')`
 )
 
+// storeRecipients is the part of a statement that inserts the recipients
+// of message {id} from the arrays {r0}..{r10} (one element per recipient,
+// in envelope order; notify and last_result as JSON text) and then, as the
+// statement's last part, its (message, destination) pairs from {d0} (the
+// destinations) and {d1} (when the earliest waiting recipient of each is
+// due, NULL when none waits), with the message's arrival {arrived}. One
+// statement for any number of recipients; the foreign keys are checked at
+// its end, so the message row may come from the same statement.
+const storeRecipients = `
+recipients AS (
+    INSERT INTO {schema}.recipient
+        (message_id, idx, address, destination, notify, orcpt, state, attempts,
+         next_attempt, last_attempt, last_result, delay_warned, possible_duplicate)
+    SELECT {id}, u.n - 1, u.address, u.destination,
+           CASE WHEN u.notify IS NOT NULL THEN ARRAY(
+               SELECT x.e FROM jsonb_array_elements_text(u.notify::jsonb) WITH ORDINALITY AS x (e, i)
+               ORDER BY x.i) END,
+           u.orcpt, u.state, u.attempts, u.next_attempt, u.last_attempt, u.last_result::jsonb,
+           u.delay_warned, u.possible_duplicate
+    FROM unnest({r0}::text[], {r1}::text[], {r2}::text[], {r3}::text[], {r4}::text[], {r5}::int[],
+                {r6}::timestamptz[], {r7}::timestamptz[], {r8}::text[], {r9}::bool[], {r10}::bool[])
+         WITH ORDINALITY AS u (address, destination, notify, orcpt, state, attempts,
+                               next_attempt, last_attempt, last_result, delay_warned, possible_duplicate, n)
+)
+INSERT INTO {schema}.delivery (message_id, destination, arrived, next_attempt)
+SELECT {id}, d.destination, {arrived}, d.next_attempt
+FROM unnest({d0}::text[], {d1}::timestamptz[]) AS d (destination, next_attempt)`
+
+// params returns the replacer of storeRecipients' placeholders with
+// parameters: {id} and {arrived} by the given ones, the arrays from $first
+// on.
+func params(id, arrived string, first int) *strings.Replacer {
+	pairs := []string{"{id}", id, "{arrived}", arrived}
+	for i := range 11 {
+		pairs = append(pairs, fmt.Sprintf("{r%d}", i), fmt.Sprintf("$%d", first+i))
+	}
+	pairs = append(pairs, "{d0}", fmt.Sprintf("$%d", first+11), "{d1}", fmt.Sprintf("$%d", first+12))
+	return strings.NewReplacer(pairs...)
+}
+
+// Stored by one statement each.
+var (
+	// storeMessage stores a whole message that has no idempotency key and
+	// at most one chunk ($9, NULL for an empty body): the message row, the
+	// chunk, the recipients ($10..$20) and the pairs ($21, $22). Being one
+	// statement, it is a transaction by itself.
+	storeMessage = `
+WITH message AS (
+    INSERT INTO {schema}.message
+        (id, sender, arrived, size, eight_bit, ret, envelope_id, require_tls)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+), chunk AS (
+    INSERT INTO {schema}.message_chunk (message_id, seq, data)
+    SELECT $1, 0, $9::bytea WHERE $9::bytea IS NOT NULL
+),` + params("$1", "$3", 10).Replace(storeRecipients)
+
+	// insertRecipients stores the recipients ($3..$13) and pairs ($14, $15)
+	// of message $1 that arrived at $2, whose row exists.
+	insertRecipients = `
+WITH` + params("$1", "$2", 3).Replace(storeRecipients)
+)
+
 // recipient.
 const (
-	insertRecipient = `
-INSERT INTO {schema}.recipient
-    (message_id, idx, address, destination, notify, orcpt, state, attempts,
-     next_attempt, last_attempt, last_result, delay_warned, possible_duplicate)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`
-
 	// selectRecipients reads the recipients of the messages $1 (which may
 	// name one twice) message by message through the primary key (OFFSET 0 keeps the planner from
 	// turning it into a scan of the table, which it would when the table
@@ -223,14 +275,6 @@ RETURNING destination`
 
 // delivery.
 const (
-	// insertDeliveries creates the (message, destination) pairs of a new
-	// message: $3 are the destinations of its recipients, $4 when the
-	// earliest waiting recipient of each is due (NULL: none waits).
-	insertDeliveries = `
-INSERT INTO {schema}.delivery (message_id, destination, arrived, next_attempt)
-SELECT $1, d.destination, $2, d.next_attempt
-FROM unnest($3::text[], $4::timestamptz[]) AS d (destination, next_attempt)`
-
 	// lockDeliveries locks up to $4 of the candidate pairs that are still
 	// due, in the order of the arrays (oldest first), skipping those
 	// another transaction holds: concurrent claimers never wait for each
@@ -502,7 +546,8 @@ type queries struct {
 	selectMigrations         string
 	insertMigration          string
 	insertMessage            string
-	insertMessageNoKey       string
+	storeMessage             string
+	insertRecipients         string
 	selectIDByIdempotencyKey string
 	setMessageSize           string
 	insertChunk              string
@@ -514,7 +559,6 @@ type queries struct {
 	listMessages             string
 	deleteMessage            string
 	notifyWork               string
-	insertRecipient          string
 	selectRecipients         string
 	claimRecipients          string
 	countLeased              string
@@ -523,7 +567,6 @@ type queries struct {
 	holdRecipients           string
 	releaseRecipients        string
 	retryRecipients          string
-	insertDeliveries         string
 	lockDeliveries           string
 	lockMessageDeliveries    string
 	lockDelivery             string
@@ -555,7 +598,8 @@ func newQueries(schema, channel string) queries {
 		selectMigrations:         expand(selectMigrations, schema),
 		insertMigration:          expand(insertMigration, schema),
 		insertMessage:            expand(insertMessage, schema),
-		insertMessageNoKey:       expand(insertMessageNoKey, schema),
+		storeMessage:             expand(storeMessage, schema),
+		insertRecipients:         expand(insertRecipients, schema),
 		selectIDByIdempotencyKey: expand(selectIDByIdempotencyKey, schema),
 		setMessageSize:           expand(setMessageSize, schema),
 		insertChunk:              expand(insertChunk, schema),
@@ -567,7 +611,6 @@ func newQueries(schema, channel string) queries {
 		listMessages:             expand(listMessages, schema),
 		deleteMessage:            expand(deleteMessage, schema),
 		notifyWork:               expand(notifyWork, schema),
-		insertRecipient:          expand(insertRecipient, schema),
 		selectRecipients:         expand(selectRecipients, schema),
 		claimRecipients:          expand(claimRecipients, schema),
 		countLeased:              expand(countLeased, schema),
@@ -576,7 +619,6 @@ func newQueries(schema, channel string) queries {
 		holdRecipients:           expand(holdRecipients, schema),
 		releaseRecipients:        expand(releaseRecipients, schema),
 		retryRecipients:          expand(retryRecipients, schema),
-		insertDeliveries:         expand(insertDeliveries, schema),
 		lockDeliveries:           expand(lockDeliveries, schema),
 		lockMessageDeliveries:    expand(lockMessageDeliveries, schema),
 		lockDelivery:             expand(lockDelivery, schema),
