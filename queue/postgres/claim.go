@@ -312,18 +312,26 @@ func (s *Store) Finish(ctx context.Context, p queue.FinishParams) error {
 		}
 	}
 	slices.SortStableFunc(dests, func(a, b []any) int { return strings.Compare(a[0].(string), b[0].(string)) })
+	if err := checkNamed(p.Recipients, p.Lease); err != nil {
+		return err
+	}
 	rewind, attempts := rewinder(p.Notifications), 3
 	if rewind == nil {
 		attempts = 1
 	}
-	err := s.pipeTx(ctx, attempts, func(c *pgxpool.Conn) error {
+	var err error
+	for attempt := 1; ; attempt++ {
 		if rewind != nil {
-			if err := rewind(); err != nil {
-				return err
+			if err = rewind(); err != nil {
+				break
 			}
 		}
-		return s.finish(ctx, c, p, results, dests)
-	})
+		err = s.finish(ctx, p, results, dests)
+		var ce *commitError
+		if err == nil || errors.As(err, &ce) || attempt >= attempts || !retryable(err) || ctx.Err() != nil {
+			break
+		}
+	}
 	if errors.Is(err, queue.ErrLeaseLost) {
 		return queue.ErrLeaseLost
 	}
@@ -336,39 +344,55 @@ func (s *Store) Finish(ctx context.Context, p queue.FinishParams) error {
 	return nil
 }
 
-// finish is one attempt at Finish on c, in a transaction that its first
-// batch begins (see pipeTx). It takes locks in the order of doc.go:
+// finish is one attempt at Finish. It takes locks in the order of doc.go:
 // message, delivery, recipients, then (new rows for notifications and) the
-// destinations, by name. Everything goes in that one batch, the fencing
-// check included: its verdict is read before COMMIT, and a lost lease rolls
-// the whole transaction back, so the statements after the check change
-// nothing that lasts. Only notifications too large for one batch (COPY, or
-// an idempotency key) take more round trips.
-func (s *Store) finish(ctx context.Context, c *pgxpool.Conn, p queue.FinishParams, results [][]byte, dests [][]any) error {
+// destinations, by name. The statements, the fencing check among them, go
+// in one batch, which the server runs as one transaction (committed at the
+// batch's end, unless a statement fails): one round trip. The check fails
+// its statement when the lease is lost, so nothing after it takes effect.
+// Only notifications too large for one statement (COPY, or an idempotency
+// key) need an explicit transaction and more round trips.
+func (s *Store) finish(ctx context.Context, p queue.FinishParams, results [][]byte, dests [][]any) error {
 	l := p.Lease
 	id := string(l.Message.ID)
-	var exists, counted bool
-	var n int
-	b := beginBatch()
-	b.Queue(s.q.lockMessage, id).Exec(func(tag pgconn.CommandTag) error {
-		exists = tag.RowsAffected() == 1
-		return nil
-	})
+	if len(l.Recipients) == 0 {
+		return queue.ErrLeaseLost // nothing it could still cover
+	}
+	type notification struct {
+		m    *queue.Message
+		body *chunkSource
+	}
+	var small, large []notification // large: those that need round trips of their own
+	for _, np := range p.Notifications {
+		body, err := s.openChunks(np)
+		if err != nil {
+			return err
+		}
+		defer s.putChunkBuffer(body.buf)
+		if oneStatement(np.Message, body) {
+			small = append(small, notification{np.Message, body})
+		} else {
+			large = append(large, notification{np.Message, body})
+		}
+	}
+
+	b := new(pgx.Batch)
+	if len(large) > 0 {
+		b = beginBatch()
+	}
+	lost := false
+	b.Queue(s.q.lockMessage, id)
 	b.Queue(s.q.lockDelivery, id, l.Destination)
-	b.Queue(s.q.countLeased, id, l.Token, l.Owner).QueryRow(func(row pgx.Row) error {
-		counted = true
-		return row.Scan(&n)
+	b.Queue(s.q.fenceLease, id, l.Token, l.Owner, len(l.Recipients)).QueryRow(func(row pgx.Row) error {
+		err := row.Scan(nil)
+		var pgErr *pgconn.PgError
+		lost = errors.As(err, &pgErr) && pgErr.Code == "22P02" // the cast in fenceLease
+		return err
 	})
-	var stray string // a recipient Finish names that the lease does not cover
-	final := true    // the message may have no waiting recipient left
+	final := true // the message may have no waiting recipient left
 	for i, u := range p.Recipients {
 		b.Queue(s.q.finishRecipient, id, l.Token, u.Address, u.State.String(), u.NextAttempt, results[i],
-			u.PossibleDuplicate, u.DelayWarned).Exec(func(tag pgconn.CommandTag) error {
-			if tag.RowsAffected() == 0 && stray == "" {
-				stray = u.Address
-			}
-			return nil
-		})
+			u.PossibleDuplicate, u.DelayWarned)
 		if u.State == queue.Deferred {
 			final = false
 		}
@@ -377,22 +401,8 @@ func (s *Store) finish(ctx context.Context, c *pgxpool.Conn, p queue.FinishParam
 		b.Queue(s.q.endLease, id, l.Token)
 	}
 	b.Queue(s.q.finishPair, id, l.Destination, final)
-	type notification struct {
-		m    *queue.Message
-		body *chunkSource
-	}
-	var large []notification // those that need round trips of their own
-	for _, np := range p.Notifications {
-		body, err := s.openChunks(np)
-		if err != nil {
-			return err
-		}
-		defer s.putChunkBuffer(body.buf)
-		if !oneStatement(np.Message, body) {
-			large = append(large, notification{np.Message, body})
-			continue
-		}
-		if err := s.queueMessage(b, np.Message, body); err != nil {
+	for _, nt := range small {
+		if err := s.queueMessage(b, nt.m, nt.body); err != nil {
 			return err
 		}
 	}
@@ -406,28 +416,45 @@ func (s *Store) finish(ctx context.Context, c *pgxpool.Conn, p queue.FinishParam
 	}
 	if len(large) == 0 {
 		queueDests(b)
-	}
-	err := c.SendBatch(ctx, b).Close()
-	if counted && (!exists || n == 0 || n != len(l.Recipients)) {
-		return queue.ErrLeaseLost // deleted, held, or claimed again
-	}
-	if err != nil {
+		err := s.pool.SendBatch(ctx, b).Close()
+		if lost {
+			return queue.ErrLeaseLost // deleted, held, or claimed again
+		}
 		return err
 	}
-	if stray != "" {
-		return fmt.Errorf("recipient %s is not in lease %d", stray, l.Token)
-	}
-	if len(large) == 0 {
-		return nil
-	}
-	for _, nt := range large {
-		if _, _, err := s.enqueue(ctx, c, nt.m, nt.body, false); err != nil {
+	return s.pipeTx(ctx, 1, func(c *pgxpool.Conn) error {
+		err := c.SendBatch(ctx, b).Close()
+		if lost {
+			return queue.ErrLeaseLost
+		}
+		if err != nil {
 			return err
 		}
+		for _, nt := range large {
+			if _, _, err := s.enqueue(ctx, c, nt.m, nt.body, false); err != nil {
+				return err
+			}
+		}
+		b := new(pgx.Batch)
+		queueDests(b)
+		return c.SendBatch(ctx, b).Close()
+	})
+}
+
+// checkNamed checks that every recipient Finish names is covered by the
+// lease, once: with the lease current, each then updates exactly its row.
+func checkNamed(updates []queue.RecipientUpdate, l *queue.Lease) error {
+	leased := make(map[string]bool, len(l.Recipients)) // true: not named yet
+	for _, a := range l.Recipients {
+		leased[a] = true
 	}
-	b = new(pgx.Batch)
-	queueDests(b)
-	return c.SendBatch(ctx, b).Close()
+	for _, u := range updates {
+		if !leased[u.Address] {
+			return fmt.Errorf("postgres: finish: recipient %s is not in lease %d, or named twice", u.Address, l.Token)
+		}
+		leased[u.Address] = false
+	}
+	return nil
 }
 
 // namesAll reports whether the updates name every address of leased, so

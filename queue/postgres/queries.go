@@ -223,10 +223,14 @@ FROM due
 WHERE r.ctid = due.tid
 RETURNING r.message_id, r.destination, r.idx, r.address, due.token`
 
-	// countLeased is Finish's fencing check: the lease is current only if
-	// every recipient it covers still carries its token.
-	countLeased = `
-SELECT count(*) FROM {schema}.recipient
+	// fenceLease is Finish's fencing check: the lease ($2, $3) is current
+	// only if all $4 recipients it covers still carry its token. When it is
+	// not, the statement fails (the cast of 'lease lost' to integer, error
+	// 22P02, evaluated only then), which ends the transaction it is part
+	// of: nothing after it in Finish's batch takes effect.
+	fenceLease = `
+SELECT (CASE WHEN count(*) = $4 THEN '0' ELSE 'lease lost' END)::int
+FROM {schema}.recipient
 WHERE message_id = $1 AND lease_token = $2 AND lease_owner = $3`
 
 	// finishRecipient records one outcome and ends that recipient's lease.
@@ -561,7 +565,7 @@ type queries struct {
 	notifyWork               string
 	selectRecipients         string
 	claimRecipients          string
-	countLeased              string
+	fenceLease               string
 	finishRecipient          string
 	endLease                 string
 	holdRecipients           string
@@ -613,7 +617,7 @@ func newQueries(schema, channel string) queries {
 		notifyWork:               expand(notifyWork, schema),
 		selectRecipients:         expand(selectRecipients, schema),
 		claimRecipients:          expand(claimRecipients, schema),
-		countLeased:              expand(countLeased, schema),
+		fenceLease:               expand(fenceLease, schema),
 		finishRecipient:          expand(finishRecipient, schema),
 		endLease:                 expand(endLease, schema),
 		holdRecipients:           expand(holdRecipients, schema),
