@@ -33,21 +33,33 @@
 //
 // # Leases and fencing
 //
-// Claim works in one short transaction that commits before any SMTP
-// traffic: it locks due (message, destination) pairs with FOR UPDATE SKIP
-// LOCKED and writes on every due recipient a fresh fencing token from a
+// Claim reads candidates, then works in one short transaction that commits
+// before any SMTP traffic: it locks due (message, destination) pairs with
+// FOR UPDATE SKIP LOCKED and writes on every due recipient a fresh fencing
+// token from a
 // sequence, the owner, Attempts+1, LastAttempt = Now and NextAttempt =
 // Now+LeaseFor, which is also when the lease ends. A worker that dies
 // therefore leaves its recipients due at the end of the lease: the correct
 // backoff time, never "now". Claim's cost grows with the number of
 // destinations and leases, not with the queue: it reads one index range per
 // destination that may be contacted, so mail piling up at a blocked
-// destination is never scanned.
+// destination is never scanned. Its other statements read pairs and
+// recipients through primary keys, so that their plans do not depend on
+// table statistics, which a new store lacks.
 //
 // Finish is fenced: it changes nothing and returns queue.ErrLeaseLost unless
 // every recipient of the lease still carries the lease's token and owner. A
 // worker paused past its lease, whose recipients were claimed again, cannot
 // overwrite the newer state. Hold and Delete end leases the same way.
+//
+// # Round trips
+//
+// The common operations cost one round trip each: Enqueue of a message
+// whose body fits in one chunk is one statement; Finish is one batch that
+// the server runs as one transaction (its fencing check fails the batch
+// when the lease is lost); AcquireSlot, ReleaseSlot, Destination and the
+// opening of a body are one statement each. Claim costs one when nothing is
+// due.
 //
 // A destination that is failing (ConsecutiveFailures > 0) is probed by one
 // worker of the whole cluster at a time: the claimer that locks its status
@@ -79,7 +91,7 @@
 // a transaction of its own that does not wait for the disk: a NOTIFY inside
 // a transaction serialises the commits of all notifying transactions,
 // which would defeat group commit. The caller does not wait for it, and
-// commits made while one is under way, or within 2 ms of the last, share
+// commits made while one is under way, or within 5 ms of the last, share
 // the next one: every commit is followed by a NOTIFY sent after it, but
 // under load one NOTIFY wakes the cluster's workers for many commits.
 // Close sends the one still owed. EnqueueTx sends it inside the caller's

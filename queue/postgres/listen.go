@@ -18,7 +18,7 @@ const (
 // during the gap share the NOTIFY that follows it: under load, one wakeup
 // of every worker of the cluster stands for many enqueues and slot
 // releases, instead of one each, and an idle store still notifies at once.
-const notifyGap = 2 * time.Millisecond
+const notifyGap = 5 * time.Millisecond
 
 // notifyTimeout bounds one NOTIFY, so that a hung server connection cannot
 // stop the notifier (a lost wakeup costs a poll interval, no more).
