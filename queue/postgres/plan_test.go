@@ -222,3 +222,100 @@ func quoted(names []string) []string {
 	}
 	return out
 }
+
+// rowsRead sums the rows the plan read from table (returned or filtered
+// out, over all loops) and says how.
+func rowsRead(n planNode, table string) (rows float64, how []string) {
+	if n.RelationName == table && n.NodeType != "ModifyTable" {
+		rows += (n.ActualRows + n.RemovedByFiler) * n.ActualLoops
+		how = append(how, strings.TrimSpace(n.NodeType+" "+n.IndexName))
+	}
+	for _, c := range n.Plans {
+		r, h := rowsRead(c, table)
+		rows += r
+		how = append(how, h...)
+	}
+	return rows, how
+}
+
+// TestClaim_PlansWithoutStatistics checks with EXPLAIN ANALYZE that the
+// statements Claim runs on the pairs it chose read those pairs and their
+// recipients through primary keys when the tables have never been
+// analyzed (a new store, or autovacuum behind), in both the custom and the
+// generic plan: not the 40,000 rows of each table.
+func TestClaim_PlansWithoutStatistics(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills a queue of 40,000 messages")
+	}
+	t.Parallel()
+	s := newTestStore(t)
+	ctx := context.Background()
+	const perDest, pairs = 20_000, 100
+	fillQueue(t, s, "a.example", "a", perDest)
+	fillQueue(t, s, "b.example", "b", perDest)
+	var msgs, dests []string
+	for i := 1; i <= pairs/2; i++ {
+		msgs = append(msgs, fmt.Sprint("a", i), fmt.Sprint("b", i))
+		dests = append(dests, "a.example", "b.example")
+	}
+	arr := func(xs []string, typ string) string {
+		return "ARRAY[" + strings.Join(quoted(xs), ",") + "]::" + typ
+	}
+	now := "'" + t0.Add(time.Minute).Format(time.RFC3339Nano) + "'"
+	until := "'" + t0.Add(time.Minute+leaseFor).Format(time.RFC3339Nano) + "'"
+	for _, mode := range []string{"force_custom_plan", "force_generic_plan"} {
+		tx, err := s.Pool().Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx) //nolint:errcheck // also after Fatal: the locks would keep the schema from being dropped
+		explain := func(name, types, sql, args string, tables ...string) {
+			t.Helper()
+			if _, err := tx.Exec(ctx, "PREPARE "+name+" ("+types+") AS "+sql); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			var out []byte
+			err := tx.QueryRow(ctx, "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE "+name+" ("+args+")").Scan(&out)
+			if _, derr := tx.Exec(ctx, "DEALLOCATE "+name); derr != nil && err == nil {
+				err = derr // prepared statements outlive the transaction
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			var plans []struct {
+				Plan planNode `json:"Plan"`
+			}
+			if err := json.Unmarshal(out, &plans); err != nil || len(plans) != 1 {
+				t.Fatalf("%s: EXPLAIN output: %v: %s", name, err, out)
+			}
+			for _, table := range tables {
+				rows, how := rowsRead(plans[0].Plan, table)
+				t.Logf("%s, %s: %.0f %s rows read via %s", mode, name, rows, table, strings.Join(how, ", "))
+				if rows > 4*pairs {
+					t.Errorf("%s: %s read %.0f rows of %s for %d pairs", mode, name, rows, table, pairs)
+				}
+			}
+		}
+		if _, err := tx.Exec(ctx, "SET LOCAL plan_cache_mode = "+mode); err != nil {
+			t.Fatal(err)
+		}
+		explain("lock", "text[], text[], timestamptz, int", s.q.lockDeliveries,
+			fmt.Sprintf("%s, %s, %s, %d", arr(msgs, "text[]"), arr(dests, "text[]"), now, pairs), "delivery")
+		explain("lease", "text[], text[], timestamptz, timestamptz, text", s.q.claimRecipients,
+			fmt.Sprintf("%s, %s, %s, %s, 'w'", arr(msgs, "text[]"), arr(dests, "text[]"), now, until), "recipient")
+		rows, err := tx.Query(ctx, expand(`SELECT ctid::text FROM {schema}.delivery WHERE message_id = ANY($1)`,
+			pgx.Identifier{s.schema}.Sanitize()), msgs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil || len(tids) != pairs {
+			t.Fatalf("ctids of the pairs: %d, %v", len(tids), err)
+		}
+		explain("refresh", "tid[]", s.q.refreshDeliveries, arr(tids, "tid[]"), "delivery", "recipient")
+		explain("load", "text[]", s.q.selectRecipients, arr(msgs, "text[]"), "recipient")
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
