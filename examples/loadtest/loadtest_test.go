@@ -71,7 +71,15 @@ func TestSampleTreeSelf(t *testing.T) {
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
 		t.Skip("no /proc")
 	}
+	// /proc counts CPU in clock ticks (10 ms): spend at least one first,
+	// or a test run that starts with this one may see none yet.
 	u := sampleTree(os.Getpid(), true)
+	for deadline := time.Now().Add(10 * time.Second); u.CPU <= 0 && time.Now().Before(deadline); {
+		spin := time.Now().Add(20 * time.Millisecond)
+		for time.Now().Before(spin) {
+		}
+		u = sampleTree(os.Getpid(), true)
+	}
 	if u.Procs < 1 || u.CPU <= 0 || u.PSS <= 0 {
 		t.Errorf("sampleTree(self) = %+v, want this process with some CPU and memory", u)
 	}
