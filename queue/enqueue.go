@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/outboundmail/outbound/delivery"
 	"github.com/outboundmail/outbound/delivery/rfc5321"
+	"github.com/outboundmail/outbound/queue/internal/spool"
 )
 
 // Envelope is what an application hands to [Queue.Enqueue] besides the body.
@@ -310,7 +310,7 @@ func (q *Queue) spool(body io.Reader, m *Message) (*spooled, error) {
 		br.reset(nil, 0) // keep no reference to the caller's reader
 		checkers.Put(br)
 	}()
-	mem, err := readUpTo(br, make([]byte, 0, spoolSize(body)), memSpool+1)
+	mem, err := spool.ReadUpTo(br, make([]byte, 0, spoolSize(body)), memSpool+1)
 	if err == nil && len(mem) <= memSpool {
 		m.EightBit = br.r.EightBit()
 		s := &spooled{size: int64(len(mem))}
@@ -354,29 +354,6 @@ func spoolSize(body io.Reader) int {
 		n = l.Len() + l.Len()/64 + 3
 	}
 	return min(n, memSpool+1)
-}
-
-// readUpTo appends from r to buf until buf holds n octets or r ends. A full
-// buffer doubles, or grows to n if that is less than doubling again.
-func readUpTo(r io.Reader, buf []byte, n int) ([]byte, error) {
-	for len(buf) < n {
-		if len(buf) == cap(buf) {
-			grow := max(cap(buf), 512)
-			if rest := n - len(buf); rest <= 2*grow {
-				grow = rest
-			}
-			buf = slices.Grow(buf, grow)
-		}
-		k, err := r.Read(buf[len(buf):min(cap(buf), n)])
-		buf = buf[:len(buf)+k]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return buf, err
-		}
-	}
-	return buf, nil
 }
 
 // bodyReader canonicalises the body and checks it on the way: data errors,

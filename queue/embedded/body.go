@@ -12,9 +12,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 
+	"github.com/outboundmail/outbound/queue/internal/spool"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -53,7 +53,7 @@ func (s *Store) readBody(r io.Reader) (*body, error) {
 		r = bytes.NewReader(nil)
 	}
 	limit := max(s.inlineLimit, 0)
-	buf, err := readUpTo(r, make([]byte, 0, headSize(r, limit+1)), limit+1)
+	buf, err := spool.ReadUpTo(r, make([]byte, 0, headSize(r, limit+1)), limit+1)
 	if err != nil {
 		return nil, fmt.Errorf("embedded: reading body: %w", err)
 	}
@@ -71,36 +71,13 @@ const minHead = 4 << 10
 // headSize returns the capacity to read the first n octets of r into. A
 // reader that knows what is left (*bytes.Reader, *bytes.Buffer,
 // *strings.Reader, as the queue hands its in-memory bodies) gets exactly
-// that plus the octet that detects the end; readUpTo grows a buffer that
+// that plus the octet that detects the end; spool.ReadUpTo grows a buffer that
 // turns out too small, so the hint never changes what is read.
 func headSize(r io.Reader, n int) int {
 	if l, ok := r.(interface{ Len() int }); ok && l.Len() >= 0 {
 		return min(l.Len()+1, n)
 	}
 	return min(n, minHead)
-}
-
-// readUpTo appends from r to buf until buf holds n octets or r ends. A full
-// buffer doubles, or grows to n if that is less than doubling again.
-func readUpTo(r io.Reader, buf []byte, n int) ([]byte, error) {
-	for len(buf) < n {
-		if len(buf) == cap(buf) {
-			grow := max(cap(buf), minHead)
-			if rest := n - len(buf); rest <= 2*grow {
-				grow = rest
-			}
-			buf = slices.Grow(buf, grow)
-		}
-		k, err := r.Read(buf[len(buf):min(cap(buf), n)])
-		buf = buf[:len(buf)+k]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	return buf, nil
 }
 
 func newBodyName() string {
