@@ -55,21 +55,6 @@ type planNode struct {
 	Plans          []planNode `json:"Plans"`
 }
 
-// deliveryRowsRead sums the rows the plan read from the delivery table
-// (returned or filtered out), and lists how it read them.
-func deliveryRowsRead(n planNode) (rows float64, how []string) {
-	if n.RelationName == "delivery" {
-		rows += (n.ActualRows + n.RemovedByFiler) * n.ActualLoops
-		how = append(how, fmt.Sprintf("%s %s", n.NodeType, n.IndexName))
-	}
-	for _, c := range n.Plans {
-		r, h := deliveryRowsRead(c)
-		rows += r
-		how = append(how, h...)
-	}
-	return rows, how
-}
-
 // TestClaim_CostIndependentOfQueue checks with EXPLAIN ANALYZE that Claim
 // reads about as many delivery rows as it returns, not the 100,000
 // messages waiting for a blocked destination, in both the custom plan and
@@ -211,7 +196,7 @@ func explainCandidates(t *testing.T, s *Store, mode string, now time.Time, limit
 	if err := json.Unmarshal(out, &plans); err != nil || len(plans) != 1 {
 		t.Fatalf("EXPLAIN output: %v: %s", err, out)
 	}
-	return deliveryRowsRead(plans[0].Plan)
+	return rowsRead(plans[0].Plan, "delivery")
 }
 
 // quoted returns each name as an SQL string literal.
