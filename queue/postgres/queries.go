@@ -313,19 +313,22 @@ SELECT destination FROM {schema}.delivery
 WHERE message_id = $1 AND destination = $2
 FOR UPDATE`
 
-	// refreshDeliveries recomputes next_attempt of the pairs with ctids $1
-	// (locked by this transaction, see lockDeliveries) from their waiting
+	// setPairNextAttempt sets the next_attempt of pair dl from its waiting
 	// recipients: a leased recipient is due when both its next_attempt and
-	// its lease have passed.
-	refreshDeliveries = `
-UPDATE {schema}.delivery dl
-SET next_attempt = (
+	// its lease have passed; a pair with none waiting gets NULL.
+	setPairNextAttempt = `SET next_attempt = (
     SELECT min(GREATEST(r.next_attempt, r.lease_until))
     FROM {schema}.recipient r
     WHERE r.message_id = dl.message_id
       AND r.destination = dl.destination
       AND r.state IN ('queued', 'deferred'))
-WHERE dl.ctid = ANY ($1::tid[])`
+`
+
+	// refreshDeliveries recomputes next_attempt of the pairs with ctids $1
+	// (locked by this transaction, see lockDeliveries).
+	refreshDeliveries = `
+UPDATE {schema}.delivery dl
+` + setPairNextAttempt + `WHERE dl.ctid = ANY ($1::tid[])`
 
 	// finishPair ends Finish: it deletes message $1 once no recipient can
 	// change any more (only tried when $3: no recipient was just deferred),
@@ -342,26 +345,14 @@ WITH gone AS (
     RETURNING m.id
 )
 UPDATE {schema}.delivery dl
-SET next_attempt = (
-    SELECT min(GREATEST(r.next_attempt, r.lease_until))
-    FROM {schema}.recipient r
-    WHERE r.message_id = dl.message_id
-      AND r.destination = dl.destination
-      AND r.state IN ('queued', 'deferred'))
-WHERE dl.message_id = $1 AND dl.destination = $2
+` + setPairNextAttempt + `WHERE dl.message_id = $1 AND dl.destination = $2
   AND NOT EXISTS (SELECT 1 FROM gone)`
 
 	// refreshMessageDeliveries is refreshDeliveries for every pair of one
 	// message.
 	refreshMessageDeliveries = `
 UPDATE {schema}.delivery dl
-SET next_attempt = (
-    SELECT min(GREATEST(r.next_attempt, r.lease_until))
-    FROM {schema}.recipient r
-    WHERE r.message_id = dl.message_id
-      AND r.destination = dl.destination
-      AND r.state IN ('queued', 'deferred'))
-WHERE dl.message_id = $1`
+` + setPairNextAttempt + `WHERE dl.message_id = $1`
 
 	// claimCandidates picks the oldest due (message, destination) pairs,
 	// without locking. The recursive part is a loose index scan: one index
