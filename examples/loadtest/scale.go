@@ -358,17 +358,11 @@ func evict(path string) error {
 func runScaleChild(ctx context.Context, c *scaleConfig, out io.Writer) error {
 	t0 := time.Unix(0, c.t0)
 	start := time.Now()
-	if c.profile != "" {
-		f, err := os.Create(c.profile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startProfiling(c.profile, pprof.StartCPUProfile, pprof.StopCPUProfile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	es, err := embedded.Open(c.dir, nil)
 	if err != nil {
 		return err

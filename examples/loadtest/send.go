@@ -107,28 +107,16 @@ func runSend(ctx context.Context, c *sendConfig, out io.Writer) error {
 		}
 		defer pg.close()
 	}
-	if c.cpuprofile != "" {
-		f, err := os.Create(c.cpuprofile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startProfiling(c.cpuprofile, pprof.StartCPUProfile, pprof.StopCPUProfile)
+	if err != nil {
+		return err
 	}
-	if c.trace != "" {
-		f, err := os.Create(c.trace)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := trace.Start(f); err != nil {
-			return err
-		}
-		defer trace.Stop()
+	defer stopProfile()
+	stopTrace, err := startProfiling(c.trace, trace.Start, trace.Stop)
+	if err != nil {
+		return err
 	}
+	defer stopTrace()
 	body := makeBody(c.size)
 	var enq *phaseEnv // the enqueue phase's queue, which drain delivers
 	defer func() {
@@ -158,6 +146,27 @@ func runSend(ctx context.Context, c *sendConfig, out io.Writer) error {
 		r.write(out)
 	}
 	return nil
+}
+
+// startProfiling starts a profiler (start, stop: pprof's CPU profile or the
+// execution tracer) writing to the file at path, and returns what stops it;
+// an empty path starts nothing.
+func startProfiling(path string, start func(io.Writer) error, stop func()) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := start(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		stop()
+		f.Close()
+	}, nil
 }
 
 // makeBody returns a message like smtp-source's: a short header and size
