@@ -161,11 +161,9 @@ func (q *Queue) attempt(ctx context.Context, l *Lease, healthy bool, g *gate, re
 				}
 			}
 		}
-	} else if res.attempted {
-		g.open(dest)
-		if !healthy {
-			recordStatus(&fp, q.destinationReached(fctx, dest, now))
-		}
+	} else if res.attempted && !healthy {
+		// The gate was opened above, before the connection was freed.
+		recordStatus(&fp, q.destinationReached(fctx, dest, now))
 	}
 	for _, r := range rt.later {
 		// Routed elsewhere than the others: due at once, for an attempt
